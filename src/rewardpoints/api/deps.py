@@ -1,0 +1,83 @@
+"""Dependencies: the principal behind the bearer token, scope checks, and the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ..auth import MANAGE_SCOPES, VIEW_SCOPES, Principal, TokenVerifier
+from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
+from ..ledger import Ledger
+
+bearer = HTTPBearer(
+    scheme_name="bearerAuth",
+    description="A JWT access token; `rewardpoints token` prints one for development.",
+    auto_error=False,
+)
+
+
+async def current_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise AuthenticationFailed("no bearer token")
+    verifier: TokenVerifier = request.app.state.verifier
+    principal = await verifier.principal(credentials.credentials)
+    header_tenant = request.headers.get("emporix-tenant")
+    if header_tenant is not None and header_tenant != principal.tenant:
+        raise Forbidden(
+            "Tenant validation failed",
+            [f"Emporix-Tenant '{header_tenant[:64]}' does not match the token's tenant"],
+        )
+    return principal
+
+
+def employee_with(scopes: tuple[str, ...]) -> Callable[..., Awaitable[Principal]]:
+    """A service or employee token holding one of ``scopes``; customer tokens never pass."""
+
+    async def dependency(
+        principal: Annotated[Principal, Depends(current_principal)],
+    ) -> Principal:
+        if principal.is_customer:
+            raise Forbidden(
+                "Scope validation failed", ["Customer tokens may not use this endpoint"]
+            )
+        principal.require_any(scopes)
+        return principal
+
+    return dependency
+
+
+def get_ledger(request: Request) -> Ledger:
+    ledger: Ledger = request.app.state.ledger
+    return ledger
+
+
+def _customer_id_ok(customer_id: str) -> str:
+    if "\x00" in customer_id:
+        raise InvalidRequest("customerId must not contain NUL characters", field="customerId")
+    return customer_id
+
+
+async def customer_id_path(
+    customerId: Annotated[  # noqa: N803 - Emporix's parameter name
+        str,
+        Path(
+            min_length=1,
+            max_length=255,
+            description="Unique identifier of a customer, generated when the customer is "
+            "created through the Customer Service.",
+        ),
+    ],
+) -> str:
+    return _customer_id_ok(customerId)
+
+
+ViewPrincipal = Annotated[Principal, Depends(employee_with(VIEW_SCOPES))]
+ManagePrincipal = Annotated[Principal, Depends(employee_with(MANAGE_SCOPES))]
+LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+CustomerId = Annotated[str, Depends(customer_id_path)]

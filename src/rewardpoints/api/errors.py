@@ -1,0 +1,267 @@
+"""One table from errors to statuses and Emporix-shaped bodies, and the handlers that use it."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ..db import is_unavailable
+from ..errors import (
+    AuthenticationFailed,
+    CustomerExists,
+    CustomerNotFound,
+    EntryConflict,
+    Forbidden,
+    InsufficientPoints,
+    InvalidRequest,
+    RewardPointsError,
+    Unavailable,
+)
+from .schemas import dumps
+
+log = logging.getLogger("rewardpoints")
+
+API_PREFIX = "/reward-points"
+
+UNAUTHORIZED_BODY = {
+    "fault": {
+        "faultstring": "Invalid access token",
+        "detail": {"errorcode": "oauth.v2.InvalidAccessToken"},
+    }
+}
+
+
+# ---- bodies, as documented in the OpenAPI document ---------------------------------------
+
+
+class FieldError(BaseModel):
+    field: str | None
+    message: str
+
+
+class BadRequestBody(BaseModel):
+    type: str = "about:blank"
+    title: str = "Bad Request"
+    status: int = 400
+    detail: str
+    instance: str
+    errors: list[FieldError] | None = None
+
+
+class _FaultDetail(BaseModel):
+    errorcode: str
+
+
+class _Fault(BaseModel):
+    faultstring: str
+    detail: _FaultDetail
+
+
+class UnauthorizedBody(BaseModel):
+    fault: _Fault
+
+
+class ForbiddenBody(BaseModel):
+    code: int = 403
+    status: str = "Forbidden"
+    message: str
+    details: list[str]
+
+
+class NotFoundBody(BaseModel):
+    type: str = "resource_not_found"
+    status: int = 404
+    message: str
+
+
+class ConflictDetail(BaseModel):
+    field: str | None
+    type: str | None
+    message: str
+    moreInfo: str  # noqa: N815
+
+
+class ConflictBody(BaseModel):
+    status: int = 409
+    type: str = "application/json"
+    message: str
+    moreInfo: str  # noqa: N815
+    details: list[ConflictDetail]
+
+
+class ServerErrorBody(BaseModel):
+    timestamp: str
+    status: int
+    error: str
+    path: str
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses."""
+    table: dict[int, tuple[type[BaseModel], str]] = {
+        400: (BadRequestBody, "Request syntactically incorrect or breaking a ledger rule."),
+        401: (UnauthorizedBody, "Missing, malformed, expired or badly signed access token."),
+        403: (ForbiddenBody, "Valid token without the required scope or tenant."),
+        404: (NotFoundBody, "No reward points entry for the customer."),
+        409: (ConflictBody, "Conflict with an existing entry."),
+        413: (BadRequestBody, "Request body too large."),
+        500: (ServerErrorBody, "Internal error."),
+        503: (ServerErrorBody, "Database unreachable or busy; retry later."),
+    }
+    return {status: {"model": table[status][0], "description": table[status][1]} for status in statuses}
+
+
+# ---- rendering -----------------------------------------------------------------------------
+
+
+def instance_of(request: Request) -> str:
+    path = request.url.path
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path[len(API_PREFIX) :] or "/" if path.startswith(API_PREFIX) else path
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def bad_request(
+    request: Request, detail: str, errors: list[dict[str, Any]] | None = None, status: int = 400
+) -> Response:
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        "instance": instance_of(request),
+    }
+    if errors:
+        body["errors"] = errors
+    return json_response(status, body)
+
+
+def unauthorized() -> Response:
+    return json_response(401, UNAUTHORIZED_BODY, {"WWW-Authenticate": "Bearer"})
+
+
+def forbidden(message: str, details: list[str]) -> Response:
+    return json_response(
+        403, {"code": 403, "status": "Forbidden", "message": message, "details": details}
+    )
+
+
+def not_found(message: str) -> Response:
+    return json_response(404, {"type": "resource_not_found", "status": 404, "message": message})
+
+
+def conflict(message: str, detail: str, field: str | None = None) -> Response:
+    return json_response(
+        409,
+        {
+            "status": 409,
+            "type": "application/json",
+            "message": message,
+            "moreInfo": "",
+            "details": [{"field": field, "type": None, "message": detail, "moreInfo": ""}],
+        },
+    )
+
+
+def server_error(request: Request, status: int) -> Response:
+    names = {500: "Internal Server Error", 503: "Service Unavailable"}
+    body = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "status": status,
+        "error": names[status],
+        "path": instance_of(request),
+    }
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return json_response(status, body, headers)
+
+
+def render(request: Request, error: RewardPointsError) -> Response:
+    match error:
+        case InsufficientPoints() | InvalidRequest():
+            field = getattr(error, "field", None) or "points"
+            return bad_request(request, str(error), [{"field": field, "message": str(error)}])
+        case AuthenticationFailed():
+            return unauthorized()
+        case Forbidden():
+            return forbidden(str(error), error.details)
+        case CustomerNotFound():
+            return not_found(str(error))
+        case CustomerExists():
+            return conflict("New Reward Point Entry not Created", str(error))
+        case EntryConflict():
+            return conflict("Reward Point Entry not Created", str(error), field="id")
+        case Unavailable():
+            log.warning("service unavailable: %s", error)
+            return server_error(request, 503)
+    log.error("unmapped error %r", error)
+    return server_error(request, 500)
+
+
+def _field_of(location: tuple[Any, ...]) -> str | None:
+    parts = [str(part) for part in location if part not in ("body", "path", "query", "header")]
+    return ".".join(parts) or None
+
+
+def validation_failed(request: Request, error: RequestValidationError) -> Response:
+    problems = error.errors()
+    if any(problem.get("type") == "json_invalid" for problem in problems):
+        return bad_request(request, "Malformed JSON request body")
+    fields = [
+        {"field": _field_of(tuple(p.get("loc", ()))), "message": str(p.get("msg", "invalid"))}
+        for p in problems
+    ]
+    first = fields[0] if fields else {"field": None, "message": "Invalid request content."}
+    detail = f"{first['field']}: {first['message']}" if first["field"] else str(first["message"])
+    return bad_request(request, detail, fields)
+
+
+def install(app: FastAPI) -> None:
+    async def on_domain_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RewardPointsError)
+        return render(request, error)
+
+    async def on_validation_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RequestValidationError)
+        return validation_failed(request, error)
+
+    async def on_http_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, StarletteHTTPException)
+        if error.status_code == 404:
+            return not_found("Not Found")
+        if error.status_code == 401:
+            return unauthorized()
+        if error.status_code >= 500:
+            return server_error(request, 503 if error.status_code == 503 else 500)
+        return bad_request(request, str(error.detail), status=error.status_code)
+
+    async def on_database_error(request: Request, error: Exception) -> Response:
+        if is_unavailable(error):
+            log.warning("database unavailable: %s", error)
+            return server_error(request, 503)
+        log.exception("database error", exc_info=error)
+        return server_error(request, 500)
+
+    async def on_unexpected(request: Request, error: Exception) -> Response:
+        log.exception("unexpected error", exc_info=error)
+        return server_error(request, 500)
+
+    app.add_exception_handler(RewardPointsError, on_domain_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(OSError, on_database_error)
+    app.add_exception_handler(Exception, on_unexpected)

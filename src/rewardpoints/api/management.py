@@ -1,0 +1,184 @@
+"""Reward Points Management: the employee endpoints of Emporix's API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import InvalidRequest
+from ..ledger import CustomerSummary
+from .deps import CustomerId, LedgerDep, ManagePrincipal, ViewPrincipal
+from .errors import responses
+from .schemas import (
+    AddedPointsIn,
+    NewCustomerIn,
+    PointsSummaryOut,
+    RedeemedPointsIn,
+    dumps,
+    summary_json,
+)
+
+router = APIRouter(prefix="/reward-points", tags=["Reward Points Management"])
+
+SiteCode = Annotated[
+    str,
+    Query(
+        min_length=1,
+        max_length=64,
+        description="Site code, defined when a site is created.",
+    ),
+]
+_BATCH_FLUSH_BYTES = 64 * 1024
+
+
+def _empty(status: int) -> Response:
+    return Response(status_code=status)
+
+
+def _integer(value: int) -> Response:
+    return Response(str(value).encode(), media_type="application/json")
+
+
+@router.get(
+    "/summaryBatch",
+    operation_id="GET-reward-points-retrieve-rewards-summary",
+    summary="Retrieving reward points of all customers",
+    response_model=list[PointsSummaryOut],
+    responses=responses(401, 403, 500, 503),
+)
+async def summary_batch(principal: ViewPrincipal, ledger: LedgerDep) -> Response:
+    """Every customer of the token's tenant, ordered by `customerId`, streamed as it is read."""
+    summaries = ledger.stream_summaries(principal.tenant)
+    # Read the first customer before answering, so an unreachable database is a 503, not a
+    # broken 200.
+    first = await anext(summaries, None)
+    return StreamingResponse(_json_array(first, summaries), media_type="application/json")
+
+
+async def _json_array(
+    first: CustomerSummary | None, rest: AsyncIterator[CustomerSummary]
+) -> AsyncIterator[bytes]:
+    try:
+        if first is None:
+            yield b"[]"
+            return
+        buffer = bytearray(b"[")
+        buffer += dumps(summary_json(first))
+        async for summary in rest:
+            buffer += b","
+            buffer += dumps(summary_json(summary))
+            if len(buffer) >= _BATCH_FLUSH_BYTES:
+                yield bytes(buffer)
+                buffer.clear()
+        buffer += b"]"
+        yield bytes(buffer)
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
+@router.get(
+    "/customer/{customerId}",
+    operation_id="GET-reward-points-fetch-customer-reward-points",
+    summary="Retrieving reward points of a customer",
+    response_model=int,
+    responses=responses(400, 401, 403, 404, 500, 503),
+)
+async def get_balance(principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep) -> Response:
+    """The customer's active points, as a bare JSON integer."""
+    return _integer(await ledger.balance(principal.tenant, customer_id))
+
+
+@router.post(
+    "/customer/{customerId}",
+    operation_id="POST-reward-points-create-customer-reward-entry",
+    summary="Creating a new reward points entry for a customer",
+    status_code=200,
+    response_class=Response,
+    responses={200: {"description": "Created; no content."}, **responses(400, 401, 403, 409, 500, 503)},
+)
+async def create_entry(
+    principal: ManagePrincipal,
+    customer_id: CustomerId,
+    ledger: LedgerDep,
+    body: Annotated[NewCustomerIn | None, Body()] = None,
+    siteCode: SiteCode = "main",  # noqa: N803
+) -> Response:
+    """Create the customer's entry, optionally with `startPoints`; 409 if it exists."""
+    if body is not None and body.customerId is not None and body.customerId != customer_id:
+        raise InvalidRequest("customerId in the body differs from the path", field="customerId")
+    start = body.startPoints.to_lot() if body is not None and body.startPoints else None
+    await ledger.create_customer(principal.tenant, customer_id, start, siteCode)
+    return _empty(200)
+
+
+@router.delete(
+    "/customer/{customerId}",
+    operation_id="DELETE-reward-points-remove-customer-reward-entry",
+    summary="Deleting reward points of a customer",
+    status_code=200,
+    response_class=Response,
+    responses={200: {"description": "Deleted; no content."}, **responses(401, 403, 404, 500, 503)},
+)
+async def delete_entry(principal: ManagePrincipal, customer_id: CustomerId, ledger: LedgerDep) -> Response:
+    """Erase the customer's entry with all its lots and redemptions."""
+    await ledger.delete_customer(principal.tenant, customer_id)
+    return _empty(200)
+
+
+@router.get(
+    "/customer/{customerId}/summary",
+    operation_id="GET-reward-points-retrieve-customer-reward-summary",
+    summary="Retrieving a reward points summary for a single customer",
+    response_model=PointsSummaryOut,
+    responses=responses(400, 401, 403, 404, 500, 503),
+)
+async def get_summary(principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep) -> Response:
+    """Every added and redeemed entry of the customer, oldest first, and the active points."""
+    summary = await ledger.summary(principal.tenant, customer_id)
+    return Response(dumps(summary_json(summary)), media_type="application/json")
+
+
+@router.post(
+    "/customer/{customerId}/addPoints",
+    operation_id="POST-reward-points-add-customer-reward-points",
+    summary="Adding reward points for a customer",
+    status_code=201,
+    response_class=Response,
+    responses={201: {"description": "Added; no content."}, **responses(400, 401, 403, 409, 413, 500, 503)},
+)
+async def add_points(
+    principal: ManagePrincipal,
+    customer_id: CustomerId,
+    ledger: LedgerDep,
+    body: Annotated[AddedPointsIn, Body()],
+    siteCode: SiteCode = "main",  # noqa: N803
+) -> Response:
+    """Credit a lot; the customer's entry is created when missing."""
+    await ledger.add_points(principal.tenant, customer_id, body.to_lot(), siteCode)
+    return _empty(201)
+
+
+@router.post(
+    "/customer/{customerId}/redeemPoints",
+    operation_id="POST-reward-points-redeem-customer-points",
+    summary="Redeeming reward points of a customer",
+    status_code=201,
+    response_class=Response,
+    responses={
+        201: {"description": "Redeemed; no content."},
+        **responses(400, 401, 403, 404, 409, 413, 500, 503),
+    },
+)
+async def redeem_points(
+    principal: ManagePrincipal,
+    customer_id: CustomerId,
+    ledger: LedgerDep,
+    body: Annotated[RedeemedPointsIn, Body()],
+) -> Response:
+    """Spend the customer's unexpired lots, oldest first, without generating a coupon."""
+    await ledger.redeem_points(principal.tenant, customer_id, body.to_redemption())
+    return _empty(201)
+

@@ -1,0 +1,120 @@
+"""The ``rewardpoints`` command: serve, migrate, token."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .config import Settings
+
+log = logging.getLogger("rewardpoints")
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: inside the installed package, or beside ``src/`` in a checkout."""
+    packaged = Path(__file__).with_name("migrations")
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def migrate(settings: Settings) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = settings.database_url
+    command.upgrade(config, "head")
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    migrate(settings)
+    if not settings.has_configured_key:
+        settings.signing_secret()  # create the shared development secret before workers start
+        log.warning(
+            "no JWT key configured: running with a development key from %s; "
+            "set REWARDPOINTS_JWT_SECRET, REWARDPOINTS_JWT_PUBLIC_KEY or "
+            "REWARDPOINTS_JWT_JWKS_URL in production",
+            settings.dev_secret_file,
+        )
+    uvicorn.run(
+        "rewardpoints.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        access_log=args.access_log,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def _token(args: argparse.Namespace, settings: Settings) -> int:
+    from .auth import is_valid_tenant, mint_token
+
+    secret = settings.signing_secret()
+    if secret is None:
+        print(
+            "rewardpoints token signs with REWARDPOINTS_JWT_SECRET (HS256); "
+            "none is configured while a public key or JWKS URL is",
+            file=sys.stderr,
+        )
+        return 2
+    if not is_valid_tenant(args.tenant):
+        print(f"invalid tenant {args.tenant!r}: lowercase, 3-16 characters", file=sys.stderr)
+        return 2
+    print(
+        mint_token(
+            secret,
+            tenant=args.tenant,
+            scopes=args.scope.split(),
+            customer_id=args.customer,
+            ttl_seconds=args.ttl,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rewardpoints", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="apply pending migrations, then serve the API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+
+    commands.add_parser("migrate", help="apply the database migrations and exit")
+
+    token = commands.add_parser("token", help="print a development token signed with the secret")
+    token.add_argument("--tenant", required=True)
+    token.add_argument(
+        "--scope",
+        default="rewardspoints.rewardpoints_view rewardspoints.rewardpoints_manage",
+        help="space-separated scopes",
+    )
+    token.add_argument("--customer", default=None, help="make a signed-in customer's token")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    if args.command == "serve":
+        return _serve(args, settings)
+    if args.command == "migrate":
+        migrate(settings)
+        return 0
+    return _token(args, settings)

@@ -1,0 +1,139 @@
+"""Settings, read once from the environment (prefix ``REWARDPOINTS_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./rewardpoints.db"
+MAX_POINTS = 2_147_483_647
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    code: str
+    enabled: bool = True
+    validity_in_months: int = 36
+    code_prefix: str = "RP"
+    order_value_to_reward_points_factor: float = 1.0
+
+
+def _default_dev_secret_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "rewardpoints" / "dev-secret"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="REWARDPOINTS_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = DEFAULT_DATABASE_URL
+    database_pool_size: int = Field(default=10, ge=1)
+    # Waiting longer than this for one customer's lock answers 503 instead of hanging.
+    lock_timeout_ms: int = Field(default=5000, ge=1)
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: str | None = None
+    jwt_jwks_url: str | None = None
+    jwt_algorithms: str = ""
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=300)
+    dev_secret_file: Path = Field(default_factory=_default_dev_secret_file)
+
+    validity_months: int = Field(default=36, ge=1, le=1200)
+    sites_file: Path | None = None
+
+    max_body_bytes: int = Field(default=65536, ge=1024)
+
+    @field_validator("jwt_public_key")
+    @classmethod
+    def _read_pem(cls, value: str | None) -> str | None:
+        """Accept the PEM text itself or the path of a file holding it."""
+        if value is None or value.strip() == "":
+            return None
+        if "-----BEGIN" in value:
+            return value
+        return Path(value).read_text()
+
+    @property
+    def has_configured_key(self) -> bool:
+        return bool(self.jwt_secret or self.jwt_public_key or self.jwt_jwks_url)
+
+    @property
+    def algorithms(self) -> tuple[str, ...]:
+        """The accepted JWT algorithms: configured, or implied by the configured keys."""
+        configured = [a.strip() for a in self.jwt_algorithms.split(",") if a.strip()]
+        if configured:
+            return tuple(configured)
+        implied: list[str] = []
+        if self.jwt_secret or not self.has_configured_key:
+            implied.append("HS256")
+        if self.jwt_public_key:
+            implied.append(_pem_algorithm(self.jwt_public_key))
+        if self.jwt_jwks_url:
+            implied += ["RS256", "ES256"]
+        return tuple(dict.fromkeys(implied))
+
+    def signing_secret(self) -> str | None:
+        """The HMAC secret: configured, or the shared development secret when no key is set."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.has_configured_key:
+            return None
+        return load_dev_secret(self.dev_secret_file)
+
+    def sites(self) -> dict[str, Site]:
+        if self.sites_file is None:
+            return {"main": Site(code="main", validity_in_months=self.validity_months)}
+        return load_sites(self.sites_file, self.validity_months)
+
+
+def _pem_algorithm(pem: str) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(pem.encode())
+    return "ES256" if isinstance(key, ec.EllipticCurvePublicKey) else "RS256"
+
+
+def load_dev_secret(path: Path) -> str:
+    """Read the development secret, creating it (mode 0600) on first use."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    secret = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secret)
+    return secret
+
+
+def load_sites(path: Path, default_validity: int) -> dict[str, Site]:
+    """Sites from a JSON file: ``{"main": {"enabled": true, "validityInMonths": 36, ...}}``."""
+    raw: dict[str, Any] = json.loads(path.read_text())
+    sites: dict[str, Site] = {}
+    for code, conf in raw.items():
+        sites[code] = Site(
+            code=code,
+            enabled=bool(conf.get("enabled", True)),
+            validity_in_months=int(conf.get("validityInMonths", default_validity)),
+            code_prefix=str(conf.get("codePrefix", "RP")),
+            order_value_to_reward_points_factor=float(
+                conf.get("orderValueToRewardPointsFactor", 1.0)
+            ),
+        )
+    return sites

@@ -1,0 +1,166 @@
+"""Engine and transactions: the only module that knows SQLite from PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .config import Settings
+from .errors import DatabaseUnavailable
+
+T = TypeVar("T")
+
+# PostgreSQL SQLSTATEs that mean "try the whole transaction again".
+_RETRY_SQLSTATES = {"40001", "40P01"}
+# ... and those that mean "the database is not usable right now".
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
+_MAX_ATTEMPTS = 5
+
+
+def is_sqlite(url: str | URL) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": settings.lock_timeout_ms / 1000},
+            pool_size=settings.database_pool_size,
+        )
+        _configure_sqlite(engine, settings)
+        return engine
+    return create_async_engine(
+        url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_pool_size,
+        pool_pre_ping=True,
+        pool_timeout=10,
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 60,
+            "server_settings": {
+                "lock_timeout": str(settings.lock_timeout_ms),
+                "idle_in_transaction_session_timeout": "60000",
+                "application_name": "rewardpoints",
+            },
+        },
+    )
+
+
+def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
+    """Let SQLAlchemy, not the driver, begin transactions, so writers can BEGIN IMMEDIATE."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(settings.lock_timeout_ms)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        immediate = connection.get_execution_options().get("rewardpoints_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One write transaction; on SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(rewardpoints_write=True)
+        async with conn.begin():
+            yield conn
+
+
+@asynccontextmanager
+async def read_transaction(
+    engine: AsyncEngine, *, snapshot: bool = False
+) -> AsyncIterator[AsyncConnection]:
+    """A read-only transaction; with ``snapshot`` every statement sees the same data.
+
+    SQLite's deferred transactions already read one snapshot in WAL mode.
+    """
+    async with engine.connect() as conn:
+        if snapshot and conn.dialect.name == "postgresql":
+            await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            yield conn
+
+
+def sqlstate(error: DBAPIError) -> str | None:
+    orig = error.orig
+    for attr in ("sqlstate", "pgcode"):
+        code = getattr(orig, attr, None)
+        if code:
+            return str(code)
+    cause = getattr(orig, "__cause__", None)
+    code = getattr(cause, "sqlstate", None)
+    return str(code) if code else None
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether an error means the database is unreachable, locked too long or overloaded."""
+    if isinstance(error, DatabaseUnavailable):
+        return True
+    if isinstance(error, (ConnectionError, TimeoutError, OSError)):
+        return True
+    if isinstance(error, DBAPIError):
+        if error.connection_invalidated:
+            return True
+        state = sqlstate(error)
+        if state and state.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+            return True
+        message = str(error.orig).lower()
+        if "database is locked" in message or "unable to open database" in message:
+            return True
+        orig = error.orig
+        cause = getattr(orig, "__cause__", None)
+        if isinstance(cause, (ConnectionError, TimeoutError, OSError)):
+            return True
+        name = type(cause).__name__ if cause is not None else ""
+        if "Connection" in name or "CannotConnect" in name or "Interface" in name:
+            return True
+    return False
+
+
+async def run_transaction(
+    engine: AsyncEngine,
+    body: Callable[[AsyncConnection], Awaitable[T]],
+    *,
+    write: bool = True,
+    retry_on_integrity: bool = False,
+) -> T:
+    """Run ``body`` in one transaction, retrying on deadlock or serialisation failure.
+
+    With ``retry_on_integrity`` a unique-key race (two new rows at once) is retried as well:
+    the second attempt sees the committed row and answers as the ledger rules say.
+    """
+    transaction = write_transaction if write else read_transaction
+    for attempt in range(1, _MAX_ATTEMPTS + 1):
+        try:
+            async with transaction(engine) as conn:
+                return await body(conn)
+        except IntegrityError:
+            if not retry_on_integrity or attempt == _MAX_ATTEMPTS:
+                raise
+        except DBAPIError as error:
+            if sqlstate(error) not in _RETRY_SQLSTATES or attempt == _MAX_ATTEMPTS:
+                if is_unavailable(error):
+                    raise DatabaseUnavailable(str(error.orig)) from error
+                raise
+        except (ConnectionError, TimeoutError, OSError) as error:
+            raise DatabaseUnavailable(str(error)) from error
+        await asyncio.sleep(0.005 * attempt)
+    raise AssertionError("unreachable")

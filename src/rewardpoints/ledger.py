@@ -1,0 +1,556 @@
+"""The ledger: every rule of CONTRACT.md section 2, one transaction per command.
+
+Each write command locks the customer's account row first (``SELECT ... FOR UPDATE`` on
+PostgreSQL; ``BEGIN IMMEDIATE`` serialises all writers on SQLite), so no two writes for one
+customer interleave, while writes for different customers run in parallel on PostgreSQL.
+The transaction commits before the command returns, so the caller answers 2xx only for a
+committed write.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Row,
+    Select,
+    Text,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .config import Site
+from .db import read_transaction, run_transaction
+from .errors import (
+    CustomerExists,
+    CustomerNotFound,
+    EntryConflict,
+    InsufficientPoints,
+    InvalidRequest,
+    UnknownSite,
+)
+from .models import UTCDateTime, accounts, lot_usages, lots, redemptions
+
+Clock = Callable[[], datetime]
+
+DEFAULT_ADD_DESCRIPTION = "points added"
+DEFAULT_REDEEM_DESCRIPTION = "points redeemed"
+STREAM_CHUNK_ROWS = 2000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Calendar months later, the day clamped to the month's end (Jan 31 + 1 = Feb 28/29)."""
+    month_index = moment.month - 1 + months
+    year = moment.year + month_index // 12
+    month = month_index % 12 + 1
+    day = min(moment.day, calendar.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+@dataclass(frozen=True, slots=True)
+class NewLot:
+    points: int
+    id: str | None = None
+    reference_id: str | None = None
+    description: str | None = None
+    valid_until: datetime | None = None
+
+    def fingerprint(self, customer_id: str) -> str:
+        valid_until = self.valid_until.astimezone(UTC).isoformat() if self.valid_until else None
+        return _digest(
+            ["lot", customer_id, self.points, self.reference_id, self.description, valid_until]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewRedemption:
+    points: int
+    id: str | None = None
+    description: str | None = None
+
+    def fingerprint(self, customer_id: str) -> str:
+        return _digest(["redemption", customer_id, self.points, self.description])
+
+
+@dataclass(slots=True)
+class Lot:
+    id: str
+    reference_id: str | None
+    description: str
+    points: int
+    used_points: int
+    created_at: datetime
+    valid_until: datetime
+    all_points_after_creation: int
+    used_with: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Redemption:
+    id: str
+    description: str
+    points: int
+    created_at: datetime
+    all_points_after_creation: int
+
+
+@dataclass(slots=True)
+class CustomerSummary:
+    customer_id: str
+    active_points: int
+    lots: list[Lot]
+    redemptions: list[Redemption]
+
+
+def _digest(parts: Sequence[Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
+
+
+def active_points(lot_list: Sequence[Lot], now: datetime) -> int:
+    return sum(lot.points - lot.used_points for lot in lot_list if lot.valid_until > now)
+
+
+class Ledger:
+    def __init__(self, engine: AsyncEngine, sites: dict[str, Site], clock: Clock = utcnow) -> None:
+        self.engine = engine
+        self.sites = sites
+        self.clock = clock
+
+    def site(self, site_code: str) -> Site:
+        try:
+            return self.sites[site_code]
+        except KeyError:
+            raise UnknownSite(site_code) from None
+
+    # ---- reads -------------------------------------------------------------------------
+
+    async def balance(self, tenant: str, customer_id: str) -> int:
+        now = self.clock()
+        open_points = (
+            select(func.coalesce(func.sum(lots.c.points - lots.c.used_points), 0))
+            .where(_open_lots_of(tenant, customer_id, now))
+            .scalar_subquery()
+        )
+        query = select(open_points).where(
+            accounts.c.tenant == tenant, accounts.c.customer_id == customer_id
+        )
+        async with read_transaction(self.engine) as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise CustomerNotFound(customer_id)
+        return int(row[0])
+
+    async def summary(self, tenant: str, customer_id: str) -> CustomerSummary:
+        now = self.clock()
+        async with read_transaction(self.engine, snapshot=True) as conn:
+            exists = (
+                await conn.execute(
+                    select(accounts.c.customer_id).where(
+                        accounts.c.tenant == tenant, accounts.c.customer_id == customer_id
+                    )
+                )
+            ).first()
+            if exists is None:
+                raise CustomerNotFound(customer_id)
+            lot_rows = await conn.execute(
+                select(*_LOT_COLUMNS, lot_usages.c.redemption_id)
+                .select_from(lots.outerjoin(lot_usages, _usage_join()))
+                .where(lots.c.tenant == tenant, lots.c.customer_id == customer_id)
+                .order_by(
+                    lots.c.created_at, lots.c.id, lot_usages.c.created_at, lot_usages.c.redemption_id
+                )
+            )
+            lot_list = _collect_lots(lot_rows)
+            redemption_rows = await conn.execute(
+                select(*_REDEMPTION_COLUMNS)
+                .where(redemptions.c.tenant == tenant, redemptions.c.customer_id == customer_id)
+                .order_by(redemptions.c.created_at, redemptions.c.id)
+            )
+            redemption_list = [Redemption(*row) for row in redemption_rows]
+        return CustomerSummary(customer_id, active_points(lot_list, now), lot_list, redemption_list)
+
+    async def stream_summaries(self, tenant: str) -> AsyncIterator[CustomerSummary]:
+        """Every customer of the tenant, ordered by id, read from one server-side cursor.
+
+        Memory holds one customer at a time plus one chunk of rows, whatever the tenant's size.
+        """
+        now = self.clock()
+        async with read_transaction(self.engine, snapshot=True) as conn:
+            result = await conn.stream(_batch_query(tenant))
+            current: CustomerSummary | None = None
+            last_lot: Lot | None = None
+            async for chunk in result.partitions(STREAM_CHUNK_ROWS):
+                for row in chunk:
+                    customer_id, kind = row.customer_id, row.kind
+                    if current is None or current.customer_id != customer_id:
+                        if current is not None:
+                            current.active_points = active_points(current.lots, now)
+                            yield current
+                        current = CustomerSummary(customer_id, 0, [], [])
+                        last_lot = None
+                    if kind == _KIND_LOT:
+                        if last_lot is None or last_lot.id != row.id:
+                            last_lot = Lot(
+                                row.id,
+                                row.reference_id,
+                                row.description,
+                                row.points,
+                                row.used_points,
+                                row.created_at,
+                                row.valid_until,
+                                row.all_points_after_creation,
+                            )
+                            current.lots.append(last_lot)
+                        if row.used_by is not None:
+                            last_lot.used_with.append(row.used_by)
+                    elif kind == _KIND_REDEMPTION:
+                        current.redemptions.append(
+                            Redemption(
+                                row.id,
+                                row.description,
+                                row.points,
+                                row.created_at,
+                                row.all_points_after_creation,
+                            )
+                        )
+            if current is not None:
+                current.active_points = active_points(current.lots, now)
+                yield current
+
+    # ---- writes ------------------------------------------------------------------------
+
+    async def create_customer(
+        self, tenant: str, customer_id: str, start: NewLot | None, site_code: str
+    ) -> None:
+        site = self.site(site_code)
+        now = self.clock()
+        prepared = self._prepare_lot(start, customer_id, site, now) if start else None
+
+        async def body(conn: AsyncConnection) -> None:
+            created = await conn.execute(
+                _insert_ignore(conn, accounts)
+                .values(tenant=tenant, customer_id=customer_id, created_at=now)
+                .returning(accounts.c.customer_id)
+            )
+            if created.first() is None:
+                raise CustomerExists(customer_id)
+            if prepared is not None:
+                await self._write_lot(conn, tenant, customer_id, prepared, now)
+
+        await run_transaction(self.engine, body, retry_on_integrity=True)
+
+    async def delete_customer(self, tenant: str, customer_id: str) -> None:
+        async def body(conn: AsyncConnection) -> None:
+            if not await _lock_account(conn, tenant, customer_id):
+                raise CustomerNotFound(customer_id)
+            await conn.execute(
+                delete(lot_usages).where(
+                    lot_usages.c.tenant == tenant,
+                    lot_usages.c.lot_id.in_(
+                        select(lots.c.id).where(
+                            lots.c.tenant == tenant, lots.c.customer_id == customer_id
+                        )
+                    ),
+                )
+            )
+            for table in (redemptions, lots):
+                await conn.execute(
+                    delete(table).where(table.c.tenant == tenant, table.c.customer_id == customer_id)
+                )
+            await conn.execute(
+                delete(accounts).where(
+                    accounts.c.tenant == tenant, accounts.c.customer_id == customer_id
+                )
+            )
+
+        await run_transaction(self.engine, body)
+
+    async def add_points(self, tenant: str, customer_id: str, lot: NewLot, site_code: str) -> str:
+        """Credit a lot, creating the customer's entry when missing. Returns the lot's id."""
+        site = self.site(site_code)
+        now = self.clock()
+        prepared = self._prepare_lot(lot, customer_id, site, now)
+
+        async def body(conn: AsyncConnection) -> str:
+            if not await _lock_account(conn, tenant, customer_id):
+                await conn.execute(
+                    _insert_ignore(conn, accounts).values(
+                        tenant=tenant, customer_id=customer_id, created_at=now
+                    )
+                )
+                await _lock_account(conn, tenant, customer_id)
+            return await self._write_lot(conn, tenant, customer_id, prepared, now)
+
+        return await run_transaction(self.engine, body, retry_on_integrity=True)
+
+    async def redeem_points(
+        self, tenant: str, customer_id: str, redemption: NewRedemption
+    ) -> str:
+        """Spend active lots oldest first. Returns the redemption's id."""
+        now = self.clock()
+        description = redemption.description or DEFAULT_REDEEM_DESCRIPTION
+        fingerprint = redemption.fingerprint(customer_id)
+
+        async def body(conn: AsyncConnection) -> str:
+            if not await _lock_account(conn, tenant, customer_id):
+                raise CustomerNotFound(customer_id)
+            if redemption.id is not None:
+                if await _is_retry(conn, tenant, redemption.id, fingerprint):
+                    return redemption.id
+            redemption_id = redemption.id or str(uuid.uuid4())
+            open_lots = (
+                await conn.execute(
+                    select(lots.c.id, lots.c.points - lots.c.used_points)
+                    .where(_open_lots_of(tenant, customer_id, now))
+                    .order_by(lots.c.created_at, lots.c.id)
+                )
+            ).all()
+            available = sum(remaining for _, remaining in open_lots)
+            if available < redemption.points:
+                raise InsufficientPoints(redemption.points, available)
+            draws: list[dict[str, Any]] = []
+            wanted = redemption.points
+            for lot_id, remaining in open_lots:
+                if wanted == 0:
+                    break
+                take = min(wanted, remaining)
+                draws.append({"b_lot": lot_id, "b_take": take})
+                wanted -= take
+            await conn.execute(
+                insert(redemptions).values(
+                    tenant=tenant,
+                    id=redemption_id,
+                    customer_id=customer_id,
+                    description=description,
+                    points=redemption.points,
+                    created_at=now,
+                    all_points_after_creation=available - redemption.points,
+                    request_hash=fingerprint,
+                )
+            )
+            await conn.execute(
+                update(lots)
+                .where(lots.c.tenant == tenant, lots.c.id == bindparam("b_lot"))
+                .values(used_points=lots.c.used_points + bindparam("b_take", type_=BigInteger)),
+                draws,
+            )
+            await conn.execute(
+                insert(lot_usages),
+                [
+                    {
+                        "tenant": tenant,
+                        "lot_id": draw["b_lot"],
+                        "redemption_id": redemption_id,
+                        "points": draw["b_take"],
+                        "created_at": now,
+                    }
+                    for draw in draws
+                ],
+            )
+            return redemption_id
+
+        return await run_transaction(self.engine, body, retry_on_integrity=True)
+
+    # ---- helpers -----------------------------------------------------------------------
+
+    def _prepare_lot(self, lot: NewLot, customer_id: str, site: Site, now: datetime) -> _Prepared:
+        valid_until = lot.valid_until or add_months(now, site.validity_in_months)
+        if valid_until <= now:
+            raise InvalidRequest("validUntil must be in the future", field="validUntil")
+        return _Prepared(lot, valid_until, lot.fingerprint(customer_id))
+
+    async def _write_lot(
+        self, conn: AsyncConnection, tenant: str, customer_id: str, prepared: _Prepared, now: datetime
+    ) -> str:
+        lot = prepared.lot
+        if lot.id is not None and await _is_retry(conn, tenant, lot.id, prepared.fingerprint):
+            return lot.id
+        lot_id = lot.id or str(uuid.uuid4())
+        balance = (
+            await conn.execute(
+                select(func.coalesce(func.sum(lots.c.points - lots.c.used_points), 0)).where(
+                    _open_lots_of(tenant, customer_id, now)
+                )
+            )
+        ).scalar_one()
+        await conn.execute(
+            insert(lots).values(
+                tenant=tenant,
+                id=lot_id,
+                customer_id=customer_id,
+                reference_id=lot.reference_id,
+                description=lot.description or DEFAULT_ADD_DESCRIPTION,
+                points=lot.points,
+                used_points=0,
+                created_at=now,
+                valid_until=prepared.valid_until,
+                all_points_after_creation=int(balance) + lot.points,
+                request_hash=prepared.fingerprint,
+            )
+        )
+        return lot_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    lot: NewLot
+    valid_until: datetime
+    fingerprint: str
+
+
+_KIND_ACCOUNT, _KIND_LOT, _KIND_REDEMPTION = 0, 1, 2
+
+_LOT_COLUMNS = (
+    lots.c.id,
+    lots.c.reference_id,
+    lots.c.description,
+    lots.c.points,
+    lots.c.used_points,
+    lots.c.created_at,
+    lots.c.valid_until,
+    lots.c.all_points_after_creation,
+)
+_REDEMPTION_COLUMNS = (
+    redemptions.c.id,
+    redemptions.c.description,
+    redemptions.c.points,
+    redemptions.c.created_at,
+    redemptions.c.all_points_after_creation,
+)
+
+
+def _usage_join() -> Any:
+    return and_(lot_usages.c.tenant == lots.c.tenant, lot_usages.c.lot_id == lots.c.id)
+
+
+def _open_lots_of(tenant: str, customer_id: str, now: datetime) -> Any:
+    return and_(
+        lots.c.tenant == tenant,
+        lots.c.customer_id == customer_id,
+        lots.c.used_points < lots.c.points,
+        lots.c.valid_until > now,
+    )
+
+
+def _collect_lots(rows: Any) -> list[Lot]:
+    collected: list[Lot] = []
+    for row in rows:
+        *columns, used_by = row
+        if not collected or collected[-1].id != columns[0]:
+            collected.append(Lot(*columns))
+        if used_by is not None:
+            collected[-1].used_with.append(used_by)
+    return collected
+
+
+def _batch_query(tenant: str) -> Select[Any]:
+    def typed_null(type_: Any) -> Any:
+        return null().cast(type_)
+
+    account_rows = select(
+        accounts.c.customer_id,
+        literal(_KIND_ACCOUNT).label("kind"),
+        typed_null(UTCDateTime).label("created_at"),
+        typed_null(Text).label("id"),
+        typed_null(Text).label("reference_id"),
+        typed_null(Text).label("description"),
+        typed_null(BigInteger).label("points"),
+        typed_null(BigInteger).label("used_points"),
+        typed_null(UTCDateTime).label("valid_until"),
+        typed_null(BigInteger).label("all_points_after_creation"),
+        typed_null(Text).label("used_by"),
+        typed_null(UTCDateTime).label("used_at"),
+    ).where(accounts.c.tenant == tenant)
+    lot_rows = (
+        select(
+            lots.c.customer_id,
+            literal(_KIND_LOT),
+            lots.c.created_at,
+            lots.c.id,
+            lots.c.reference_id,
+            lots.c.description,
+            lots.c.points,
+            lots.c.used_points,
+            lots.c.valid_until,
+            lots.c.all_points_after_creation,
+            lot_usages.c.redemption_id,
+            lot_usages.c.created_at,
+        )
+        .select_from(lots.outerjoin(lot_usages, _usage_join()))
+        .where(lots.c.tenant == tenant)
+    )
+    redemption_rows = select(
+        redemptions.c.customer_id,
+        literal(_KIND_REDEMPTION),
+        redemptions.c.created_at,
+        redemptions.c.id,
+        typed_null(Text),
+        redemptions.c.description,
+        redemptions.c.points,
+        typed_null(BigInteger),
+        typed_null(UTCDateTime),
+        redemptions.c.all_points_after_creation,
+        typed_null(Text),
+        typed_null(UTCDateTime),
+    ).where(redemptions.c.tenant == tenant)
+    combined = union_all(account_rows, lot_rows, redemption_rows).subquery("entries")
+    return select(combined).order_by(
+        combined.c.customer_id,
+        combined.c.kind,
+        combined.c.created_at,
+        combined.c.id,
+        combined.c.used_at,
+        combined.c.used_by,
+    )
+
+
+async def _lock_account(conn: AsyncConnection, tenant: str, customer_id: str) -> bool:
+    row = await conn.execute(
+        select(accounts.c.customer_id)
+        .where(accounts.c.tenant == tenant, accounts.c.customer_id == customer_id)
+        .with_for_update()
+    )
+    return row.first() is not None
+
+
+async def _is_retry(conn: AsyncConnection, tenant: str, entry_id: str, fingerprint: str) -> bool:
+    """True when this id was already written with the same content; EntryConflict when not."""
+    query = union_all(
+        select(lots.c.request_hash).where(lots.c.tenant == tenant, lots.c.id == entry_id),
+        select(redemptions.c.request_hash).where(
+            redemptions.c.tenant == tenant, redemptions.c.id == entry_id
+        ),
+    )
+    existing: Row[Any] | None = (await conn.execute(query)).first()
+    if existing is None:
+        return False
+    if existing[0] == fingerprint:
+        return True
+    raise EntryConflict(entry_id)
+
+
+def _insert_ignore(conn: AsyncConnection, table: Any) -> Any:
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    return dialect_insert(table).on_conflict_do_nothing()

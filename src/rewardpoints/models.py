@@ -1,0 +1,133 @@
+"""Tables. Every primary key begins with the tenant; invariants are CHECK constraints too."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime: ``timestamptz`` on PostgreSQL, naive UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.astimezone(UTC)
+        # SQLite compares the stored text, so every value is written in one (naive UTC) form.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def Key(length: int) -> String:  # noqa: N802 - reads as a column type
+    """A key column compared bytewise on both databases, so ordering is the same everywhere."""
+    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("customer_id", Key(255), primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+lots = Table(
+    "lots",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("id", Key(255), primary_key=True),
+    Column("customer_id", Key(255), nullable=False),
+    Column("reference_id", Text, nullable=True),
+    Column("description", Text, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("used_points", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("valid_until", UTCDateTime, nullable=False),
+    Column("all_points_after_creation", BigInteger, nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    CheckConstraint("points > 0", name="points_positive"),
+    CheckConstraint("used_points >= 0 AND used_points <= points", name="used_within_points"),
+    ForeignKeyConstraint(
+        ["tenant", "customer_id"], ["accounts.tenant", "accounts.customer_id"], ondelete="CASCADE"
+    ),
+    Index("ix_lots_customer_order", "tenant", "customer_id", "created_at", "id"),
+    # Only lots with points left are ever read by a redemption or a balance.
+    Index(
+        "ix_lots_customer_open",
+        "tenant",
+        "customer_id",
+        "created_at",
+        "id",
+        postgresql_where=text("used_points < points"),
+        sqlite_where=text("used_points < points"),
+    ),
+)
+
+redemptions = Table(
+    "redemptions",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("id", Key(255), primary_key=True),
+    Column("customer_id", Key(255), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("all_points_after_creation", BigInteger, nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    CheckConstraint("points > 0", name="points_positive"),
+    ForeignKeyConstraint(
+        ["tenant", "customer_id"], ["accounts.tenant", "accounts.customer_id"], ondelete="CASCADE"
+    ),
+    Index("ix_redemptions_customer_order", "tenant", "customer_id", "created_at", "id"),
+)
+
+# Which redemption drew how many points from which lot: the lot's ``usedWith``.
+lot_usages = Table(
+    "lot_usages",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("lot_id", Key(255), primary_key=True),
+    Column("redemption_id", Key(255), primary_key=True),
+    Column("points", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("points > 0", name="points_positive"),
+    ForeignKeyConstraint(["tenant", "lot_id"], ["lots.tenant", "lots.id"], ondelete="CASCADE"),
+    ForeignKeyConstraint(
+        ["tenant", "redemption_id"], ["redemptions.tenant", "redemptions.id"], ondelete="CASCADE"
+    ),
+    Index("ix_lot_usages_redemption", "tenant", "redemption_id"),
+)
