@@ -78,13 +78,13 @@ async def _admin(url: str, *statements: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """The PostgreSQL server to test against: the configured one, or a throwaway one."""
     url = os.environ.get("REWARDPOINTS_TEST_DATABASE_URL", DEFAULT_PG_URL)
     if asyncio.run(_pg_reachable(url)):
         yield url
         return
-    with start_throwaway_postgres(tmp_path_factory.mktemp("pg")) as throwaway_url:
+    with start_throwaway_postgres() as throwaway_url:
         if not asyncio.run(_pg_reachable(throwaway_url)):
             pytest.fail(f"PostgreSQL unreachable at {url} and no throwaway server could start")
         yield throwaway_url

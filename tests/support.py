@@ -40,48 +40,53 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_throwaway_postgres(directory: Path) -> Iterator[str]:
+def start_throwaway_postgres() -> Iterator[str]:
     """initdb + pg_ctl from the local PostgreSQL binaries, on a free loopback port."""
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
     pg_ctl = candidates[-1] if candidates else shutil.which("pg_ctl")
     if pg_ctl is None:
         raise RuntimeError("no PostgreSQL binaries found to start a throwaway server")
     bindir = Path(pg_ctl).parent
+    # Outside pytest's private temp tree: the server may run as another user.
+    directory = Path(tempfile.mkdtemp(prefix="rewardpoints-pg-"))
     data = directory / "data"
     port = free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(directory, "postgres")
-    subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
-        check=True,
-        capture_output=True,
-    )
-    subprocess.run(
-        [
-            *as_user,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-o",
-            f"-p {port} -k {directory} -c listen_addresses=127.0.0.1",
-            "-w",
-            "-l",
-            str(directory / "log"),
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
     try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-    finally:
         subprocess.run(
-            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-            check=False,
+            [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+            check=True,
             capture_output=True,
         )
+        subprocess.run(
+            [
+                *as_user,
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-o",
+                f"-p {port} -k {directory} -c listen_addresses=127.0.0.1",
+                "-w",
+                "-l",
+                str(directory / "log"),
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            subprocess.run(
+                [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                check=False,
+                capture_output=True,
+            )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextlib.contextmanager

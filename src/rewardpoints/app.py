@@ -19,8 +19,8 @@ from .ledger import Clock, Ledger, utcnow
 DESCRIPTION = (
     "Collect reward points and exchange them for coupons. A self-hosted implementation of "
     "the Emporix Reward-points Service. Authorize with a bearer token; "
-    "`rewardpoints token --tenant T --scope \"rewardspoints.rewardpoints_view "
-    "rewardspoints.rewardpoints_manage\"` prints one for development."
+    '`rewardpoints token --tenant T --scope "rewardspoints.rewardpoints_view '
+    'rewardspoints.rewardpoints_manage"` prints one for development.'
 )
 
 

@@ -149,7 +149,9 @@ class JwksCache:
         if not isinstance(keys, list):
             raise KeysUnavailable("JWKS document has no keys")
         self._keys = {
-            key.get("kid"): key for key in keys if isinstance(key, dict) and key.get("use", "sig") == "sig"
+            key.get("kid"): key
+            for key in keys
+            if isinstance(key, dict) and key.get("use", "sig") == "sig"
         }
 
 

@@ -19,7 +19,9 @@ class CustomerExists(RewardPointsError):
     """An entry for the customer already exists."""
 
     def __init__(self, customer_id: str) -> None:
-        super().__init__(f"Couldn't create a new reward point entry for the customer '{customer_id}'")
+        super().__init__(
+            f"Couldn't create a new reward point entry for the customer '{customer_id}'"
+        )
         self.customer_id = customer_id
 
 
@@ -27,9 +29,7 @@ class InsufficientPoints(RewardPointsError):
     """A redemption asks for more than the customer's active points."""
 
     def __init__(self, requested: int, available: int) -> None:
-        super().__init__(
-            f"Not enough reward points: requested {requested}, available {available}"
-        )
+        super().__init__(f"Not enough reward points: requested {requested}, available {available}")
         self.requested = requested
         self.available = available
 

@@ -179,7 +179,10 @@ class Ledger:
                 .select_from(lots.outerjoin(lot_usages, _usage_join()))
                 .where(lots.c.tenant == tenant, lots.c.customer_id == customer_id)
                 .order_by(
-                    lots.c.created_at, lots.c.id, lot_usages.c.created_at, lot_usages.c.redemption_id
+                    lots.c.created_at,
+                    lots.c.id,
+                    lot_usages.c.created_at,
+                    lot_usages.c.redemption_id,
                 )
             )
             lot_list = _collect_lots(lot_rows)
@@ -277,7 +280,9 @@ class Ledger:
             )
             for table in (redemptions, lots):
                 await conn.execute(
-                    delete(table).where(table.c.tenant == tenant, table.c.customer_id == customer_id)
+                    delete(table).where(
+                        table.c.tenant == tenant, table.c.customer_id == customer_id
+                    )
                 )
             await conn.execute(
                 delete(accounts).where(
@@ -305,9 +310,7 @@ class Ledger:
 
         return await run_transaction(self.engine, body, retry_on_integrity=True)
 
-    async def redeem_points(
-        self, tenant: str, customer_id: str, redemption: NewRedemption
-    ) -> str:
+    async def redeem_points(self, tenant: str, customer_id: str, redemption: NewRedemption) -> str:
         """Spend active lots oldest first. Returns the redemption's id."""
         now = self.clock()
         description = redemption.description or DEFAULT_REDEEM_DESCRIPTION
@@ -316,9 +319,10 @@ class Ledger:
         async def body(conn: AsyncConnection) -> str:
             if not await _lock_account(conn, tenant, customer_id):
                 raise CustomerNotFound(customer_id)
-            if redemption.id is not None:
-                if await _is_retry(conn, tenant, redemption.id, fingerprint):
-                    return redemption.id
+            if redemption.id is not None and await _is_retry(
+                conn, tenant, redemption.id, fingerprint
+            ):
+                return redemption.id
             redemption_id = redemption.id or str(uuid.uuid4())
             open_lots = (
                 await conn.execute(
@@ -382,7 +386,12 @@ class Ledger:
         return _Prepared(lot, valid_until, lot.fingerprint(customer_id))
 
     async def _write_lot(
-        self, conn: AsyncConnection, tenant: str, customer_id: str, prepared: _Prepared, now: datetime
+        self,
+        conn: AsyncConnection,
+        tenant: str,
+        customer_id: str,
+        prepared: _Prepared,
+        now: datetime,
     ) -> str:
         lot = prepared.lot
         if lot.id is not None and await _is_retry(conn, tenant, lot.id, prepared.fingerprint):

@@ -54,7 +54,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def Key(length: int) -> String:  # noqa: N802 - reads as a column type
     """A key column compared bytewise on both databases, so ordering is the same everywhere."""
-    return String(length).with_variant(String(length, collation="C"), "postgresql")  # type: ignore[return-value]
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
 
 
 accounts = Table(

@@ -39,7 +39,9 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 async def swagger_asset(name: str) -> Response:
     media_type = _ASSETS.get(name)
     if media_type is None:
-        return json_response(404, {"type": "resource_not_found", "status": 404, "message": "Not Found"})
+        return json_response(
+            404, {"type": "resource_not_found", "status": 404, "message": "Not Found"}
+        )
     content = resources.files("fastapi_swagger.resources").joinpath(name).read_bytes()
     return Response(
         content, media_type=media_type, headers={"Cache-Control": "public, max-age=86400"}

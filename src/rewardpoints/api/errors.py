@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -117,7 +117,9 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         500: (ServerErrorBody, "Internal error."),
         503: (ServerErrorBody, "Database unreachable or busy; retry later."),
     }
-    return {status: {"model": table[status][0], "description": table[status][1]} for status in statuses}
+    return {
+        status: {"model": table[status][0], "description": table[status][1]} for status in statuses
+    }
 
 
 # ---- rendering -----------------------------------------------------------------------------

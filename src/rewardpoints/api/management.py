@@ -86,7 +86,9 @@ async def _json_array(
     response_model=int,
     responses=responses(400, 401, 403, 404, 500, 503),
 )
-async def get_balance(principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep) -> Response:
+async def get_balance(
+    principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep
+) -> Response:
     """The customer's active points, as a bare JSON integer."""
     return _integer(await ledger.balance(principal.tenant, customer_id))
 
@@ -97,7 +99,10 @@ async def get_balance(principal: ViewPrincipal, customer_id: CustomerId, ledger:
     summary="Creating a new reward points entry for a customer",
     status_code=200,
     response_class=Response,
-    responses={200: {"description": "Created; no content."}, **responses(400, 401, 403, 409, 500, 503)},
+    responses={
+        200: {"description": "Created; no content."},
+        **responses(400, 401, 403, 409, 500, 503),
+    },
 )
 async def create_entry(
     principal: ManagePrincipal,
@@ -122,7 +127,9 @@ async def create_entry(
     response_class=Response,
     responses={200: {"description": "Deleted; no content."}, **responses(401, 403, 404, 500, 503)},
 )
-async def delete_entry(principal: ManagePrincipal, customer_id: CustomerId, ledger: LedgerDep) -> Response:
+async def delete_entry(
+    principal: ManagePrincipal, customer_id: CustomerId, ledger: LedgerDep
+) -> Response:
     """Erase the customer's entry with all its lots and redemptions."""
     await ledger.delete_customer(principal.tenant, customer_id)
     return _empty(200)
@@ -135,7 +142,9 @@ async def delete_entry(principal: ManagePrincipal, customer_id: CustomerId, ledg
     response_model=PointsSummaryOut,
     responses=responses(400, 401, 403, 404, 500, 503),
 )
-async def get_summary(principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep) -> Response:
+async def get_summary(
+    principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep
+) -> Response:
     """Every added and redeemed entry of the customer, oldest first, and the active points."""
     summary = await ledger.summary(principal.tenant, customer_id)
     return Response(dumps(summary_json(summary)), media_type="application/json")
@@ -147,7 +156,10 @@ async def get_summary(principal: ViewPrincipal, customer_id: CustomerId, ledger:
     summary="Adding reward points for a customer",
     status_code=201,
     response_class=Response,
-    responses={201: {"description": "Added; no content."}, **responses(400, 401, 403, 409, 413, 500, 503)},
+    responses={
+        201: {"description": "Added; no content."},
+        **responses(400, 401, 403, 409, 413, 500, 503),
+    },
 )
 async def add_points(
     principal: ManagePrincipal,
@@ -181,4 +193,3 @@ async def redeem_points(
     """Spend the customer's unexpired lots, oldest first, without generating a coupon."""
     await ledger.redeem_points(principal.tenant, customer_id, body.to_redemption())
     return _empty(201)
-

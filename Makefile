@@ -1,0 +1,46 @@
+# The few commands people need. `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint format system-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve the API on 127.0.0.1:8000 with the embedded SQLite database (./rewardpoints.db).
+run: install
+	$(BIN)/rewardpoints serve
+
+## Chromium for the browser tests, and the local PostgreSQL started if it is down.
+system-deps:
+	scripts/system-deps
+
+## The whole suite, on PostgreSQL and SQLite.
+test: install system-deps
+	$(BIN)/pytest
+
+## Everything but the tests that start servers or a browser.
+test-fast: install
+	$(BIN)/pytest -m "not slow and not browser"
+
+lint: install
+	$(BIN)/ruff check src tests migrations
+	$(BIN)/ruff format --check src tests migrations
+	$(BIN)/mypy src
+
+format: install
+	$(BIN)/ruff check --fix src tests migrations
+	$(BIN)/ruff format src tests migrations
+
+bench: install system-deps
+	bench/run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
