@@ -47,9 +47,7 @@ def upgrade() -> None:
         sa.Column("all_points_after_creation", sa.BigInteger(), nullable=False),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.CheckConstraint("points > 0", name="points_positive"),
-        sa.CheckConstraint(
-            "used_points >= 0 AND used_points <= points", name="used_within_points"
-        ),
+        sa.CheckConstraint("used_points >= 0 AND used_points <= points", name="used_within_points"),
         sa.ForeignKeyConstraint(
             ["tenant", "customer_id"],
             ["accounts.tenant", "accounts.customer_id"],
@@ -58,9 +56,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("tenant", "id", name="pk_lots"),
     )
-    op.create_index(
-        "ix_lots_customer_order", "lots", ["tenant", "customer_id", "created_at", "id"]
-    )
+    op.create_index("ix_lots_customer_order", "lots", ["tenant", "customer_id", "created_at", "id"])
     op.create_index(
         "ix_lots_customer_open",
         "lots",
@@ -101,7 +97,9 @@ def upgrade() -> None:
         sa.Column("created_at", _time(), nullable=False),
         sa.CheckConstraint("points > 0", name="points_positive"),
         sa.ForeignKeyConstraint(
-            ["tenant", "lot_id"], ["lots.tenant", "lots.id"], name="fk_lot_usages_lots",
+            ["tenant", "lot_id"],
+            ["lots.tenant", "lots.id"],
+            name="fk_lot_usages_lots",
             ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
