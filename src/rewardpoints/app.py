@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from . import __version__
 from .api import docs, errors, management
 from .api.limits import BodyLimitMiddleware
+from .api.openapi import openapi_builder
 from .auth import JwksCache, TokenVerifier
 from .config import Settings
 from .db import create_engine
@@ -57,5 +58,6 @@ def create_app(
     app.include_router(management.router)
     app.include_router(docs.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app
