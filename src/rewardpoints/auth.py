@@ -195,7 +195,8 @@ class TokenVerifier:
                 issuer=self.issuer,
                 options=options,
             )
-        except JOSEError as error:
+        except (JOSEError, TypeError, ValueError, OverflowError) as error:
+            # python-jose lets int() fail on exp/nbf/iat of the wrong type (null, a list, Infinity).
             raise AuthenticationFailed(str(error)) from error
         issued_at = claims.get("iat")
         if isinstance(issued_at, int | float) and issued_at > time.time() + self.leeway:
