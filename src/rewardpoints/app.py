@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from . import __version__
-from .api import docs, errors, management
+from .api import docs, errors, management, orders, public, redeem_options
 from .api.limits import BodyLimitMiddleware
 from .api.openapi import openapi_builder
 from .auth import JwksCache, TokenVerifier
 from .config import Settings
-from .db import create_engine
+from .db import create_engine, is_unavailable
+from .idempotency import IdempotencyStore
 from .ledger import Clock, Ledger, utcnow
+from .rewards import build_rewards
 
 DESCRIPTION = (
     "Collect reward points and exchange them for coupons. A self-hosted implementation of "
@@ -36,11 +41,21 @@ def create_app(
     ledger = Ledger(engine, settings.sites(), clock or utcnow)
     verifier = TokenVerifier(settings, jwks=jwks)
 
+    idempotency = IdempotencyStore(
+        engine, ledger.clock, timedelta(hours=settings.idempotency_ttl_hours)
+    )
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pruner = asyncio.create_task(
+            _prune_forever(idempotency, settings.idempotency_prune_interval_seconds)
+        )
         try:
             yield
         finally:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
             await engine.dispose()
 
     app = FastAPI(
@@ -54,10 +69,32 @@ def create_app(
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.verifier = verifier
+    app.state.rewards = build_rewards(settings, ledger)
+    app.state.idempotency = idempotency
+    app.state.idempotency_in_flight = set()
     errors.install(app)
     app.include_router(management.router)
+    # The static /public/... and /customer/... paths before /{tenant}/redeemOptions, so
+    # "public" and "customer" are never read as a tenant.
+    app.include_router(public.router)
+    app.include_router(orders.router)
+    app.include_router(redeem_options.router)
     app.include_router(docs.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app
+
+
+async def _prune_forever(store: IdempotencyStore, interval: float) -> None:
+    log = logging.getLogger("rewardpoints")
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            pruned = await store.prune()
+        except Exception as error:
+            if not is_unavailable(error):
+                log.exception("pruning idempotency keys failed")
+            continue
+        if pruned:
+            log.info("pruned %d expired idempotency keys", pruned)

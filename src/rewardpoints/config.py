@@ -52,7 +52,17 @@ class Settings(BaseSettings):
     validity_months: int = Field(default=36, ge=1, le=1200)
     sites_file: Path | None = None
 
+    # Unset: coupons are issued and kept by this service. Set: issued by an Emporix-compatible
+    # Coupon Service at this base URL (``POST {url}/coupon/{tenant}/coupons``).
+    coupon_service_url: str | None = None
+    coupon_service_token: SecretStr | None = None
+    coupon_service_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    coupon_service_attempts: int = Field(default=3, ge=1, le=10)
+
     max_body_bytes: int = Field(default=65536, ge=1024)
+    # How long the first answer to an Idempotency-Key is kept and replayed.
+    idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    idempotency_prune_interval_seconds: float = Field(default=600.0, gt=0)
 
     @field_validator("jwt_public_key")
     @classmethod
@@ -63,6 +73,13 @@ class Settings(BaseSettings):
         if "-----BEGIN" in value:
             return value
         return Path(value).read_text()
+
+    @field_validator("coupon_service_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        return value.strip().rstrip("/")
 
     @property
     def has_configured_key(self) -> bool:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
@@ -16,6 +17,30 @@ from .config import Settings
 from .errors import DatabaseUnavailable
 
 T = TypeVar("T")
+
+
+class TransactionHook(Protocol):
+    """Work a request adds to its write transactions (see idempotency.py)."""
+
+    async def before(self, conn: AsyncConnection) -> None: ...
+    async def after(self, conn: AsyncConnection, result: Any) -> None: ...
+    def committed(self) -> None: ...
+
+
+_hook: ContextVar[TransactionHook | None] = ContextVar(
+    "rewardpoints_transaction_hook", default=None
+)
+
+
+@contextmanager
+def transaction_hook(hook: TransactionHook) -> Iterator[None]:
+    """Run ``hook`` in every write transaction started by ``run_transaction`` in this context."""
+    token = _hook.set(hook)
+    try:
+        yield
+    finally:
+        _hook.reset(token)
+
 
 # PostgreSQL SQLSTATEs that mean "try the whole transaction again".
 _RETRY_SQLSTATES = {"40001", "40P01"}
@@ -148,10 +173,18 @@ async def run_transaction(
     the second attempt sees the committed row and answers as the ledger rules say.
     """
     transaction = write_transaction if write else read_transaction
+    hook = _hook.get() if write else None
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:
             async with transaction(engine) as conn:
-                return await body(conn)
+                if hook is not None:
+                    await hook.before(conn)
+                result = await body(conn)
+                if hook is not None:
+                    await hook.after(conn, result)
+            if hook is not None:
+                hook.committed()
+            return result
         except IntegrityError:
             if not retry_on_integrity or attempt == _MAX_ATTEMPTS:
                 raise

@@ -79,3 +79,64 @@ class Forbidden(RewardPointsError):
     def __init__(self, message: str, details: list[str] | None = None) -> None:
         super().__init__(message)
         self.details = details or []
+
+
+class ResourceNotFound(RewardPointsError):
+    """Something the request names does not exist."""
+
+
+class RedeemOptionNotFound(ResourceNotFound):
+    """The tenant has no redeem option with this id."""
+
+    def __init__(self, option_id: str) -> None:
+        super().__init__(f"No redeem option found with id {option_id}")
+        self.option_id = option_id
+
+
+class VersionConflict(RewardPointsError):
+    """An update names a version of the resource that is no longer the current one."""
+
+    def __init__(self, resource_id: str) -> None:
+        super().__init__(
+            f"The resource that was requested for update with id = {resource_id} has changed. "
+            "Please retry your request with valid version"
+        )
+        self.resource_id = resource_id
+
+
+class OrderConflict(RewardPointsError):
+    """An order id was already awarded to another customer."""
+
+    def __init__(self, order_id: str) -> None:
+        super().__init__(f"Points for order '{order_id}' were already awarded to another customer")
+        self.order_id = order_id
+
+
+class RewardPointsDisabled(InvalidRequest):
+    """The site's reward points are switched off."""
+
+    def __init__(self, site_code: str) -> None:
+        super().__init__(f"Reward points are disabled for site '{site_code}'", field="siteCode")
+
+
+class CouponIssueFailed(RewardPointsError):
+    """The coupon could not be issued; the redeemed points were charged back."""
+
+
+class IdempotencyKeyInProgress(RewardPointsError):
+    """A request with the same Idempotency-Key is still being processed."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__("A request with this Idempotency-Key is still being processed")
+        self.key = key
+
+
+class IdempotencyKeyReused(RewardPointsError):
+    """The Idempotency-Key was used before with a different request."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            "This Idempotency-Key was already used with a different request; "
+            "use a new key for a new request"
+        )
+        self.key = key

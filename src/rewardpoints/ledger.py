@@ -45,15 +45,19 @@ from .errors import (
     EntryConflict,
     InsufficientPoints,
     InvalidRequest,
+    OrderConflict,
     UnknownSite,
 )
-from .models import UTCDateTime, accounts, lot_usages, lots, redemptions
+from .models import UTCDateTime, accounts, awarded_orders, lot_usages, lots, redemptions
 
 Clock = Callable[[], datetime]
 
 DEFAULT_ADD_DESCRIPTION = "points added"
 DEFAULT_REDEEM_DESCRIPTION = "points redeemed"
 STREAM_CHUNK_ROWS = 2000
+# Emporix's refund when a redeemed coupon could not be issued: its exact text and validity.
+CHARGEBACK_DESCRIPTION = "Chargeback - redeemed voucher could not be created."
+CHARGEBACK_VALIDITY_MONTHS = 36
 
 
 def utcnow() -> datetime:
@@ -122,6 +126,15 @@ class CustomerSummary:
     active_points: int
     lots: list[Lot]
     redemptions: list[Redemption]
+
+
+@dataclass(frozen=True, slots=True)
+class AwardedOrder:
+    order_id: str
+    customer_id: str
+    points: int
+    lot_id: str | None
+    created: bool  # False: the order had been awarded before, and nothing was added now
 
 
 def _digest(parts: Sequence[Any]) -> str:
@@ -295,30 +308,36 @@ class Ledger:
     async def add_points(self, tenant: str, customer_id: str, lot: NewLot, site_code: str) -> str:
         """Credit a lot, creating the customer's entry when missing. Returns the lot's id."""
         site = self.site(site_code)
-        now = self.clock()
-        prepared = self._prepare_lot(lot, customer_id, site, now)
 
         async def body(conn: AsyncConnection) -> str:
-            if not await _lock_account(conn, tenant, customer_id):
-                await conn.execute(
-                    _insert_ignore(conn, accounts).values(
-                        tenant=tenant, customer_id=customer_id, created_at=now
-                    )
+            # The clock is read while holding the customer's lock, so createdAt order is the
+            # order in which writes were applied and allPointsAfterCreation a running balance.
+            if await _lock_account(conn, tenant, customer_id):
+                now = self.clock()
+            else:
+                now = self.clock()
+                created = await conn.execute(
+                    _insert_ignore(conn, accounts)
+                    .values(tenant=tenant, customer_id=customer_id, created_at=now)
+                    .returning(accounts.c.customer_id)
                 )
-                await _lock_account(conn, tenant, customer_id)
+                if created.first() is None:  # a concurrent write created it: wait our turn
+                    await _lock_account(conn, tenant, customer_id)
+                    now = self.clock()
+            prepared = self._prepare_lot(lot, customer_id, site, now)
             return await self._write_lot(conn, tenant, customer_id, prepared, now)
 
         return await run_transaction(self.engine, body, retry_on_integrity=True)
 
     async def redeem_points(self, tenant: str, customer_id: str, redemption: NewRedemption) -> str:
         """Spend active lots oldest first. Returns the redemption's id."""
-        now = self.clock()
         description = redemption.description or DEFAULT_REDEEM_DESCRIPTION
         fingerprint = redemption.fingerprint(customer_id)
 
         async def body(conn: AsyncConnection) -> str:
             if not await _lock_account(conn, tenant, customer_id):
                 raise CustomerNotFound(customer_id)
+            now = self.clock()  # under the lock, as in add_points
             if redemption.id is not None and await _is_retry(
                 conn, tenant, redemption.id, fingerprint
             ):
@@ -377,12 +396,100 @@ class Ledger:
 
         return await run_transaction(self.engine, body, retry_on_integrity=True)
 
+    async def charge_back(self, tenant: str, customer_id: str, points: int, site_code: str) -> str:
+        """Give back points whose coupon could not be issued, as Emporix does: a new lot with no
+        reference-id, valid 36 months from its own creation. The redemption stays as it was."""
+        site = self.site(site_code)
+
+        async def body(conn: AsyncConnection) -> str:
+            now = await self._lock_or_create_account(conn, tenant, customer_id)
+            lot = NewLot(
+                points,
+                description=CHARGEBACK_DESCRIPTION,
+                valid_until=add_months(now, CHARGEBACK_VALIDITY_MONTHS),
+            )
+            prepared = self._prepare_lot(lot, customer_id, site, now)
+            return await self._write_lot(conn, tenant, customer_id, prepared, now)
+
+        return await run_transaction(self.engine, body, retry_on_integrity=True)
+
+    async def award_order(
+        self,
+        tenant: str,
+        customer_id: str,
+        order_id: str,
+        points: int,
+        description: str,
+        site_code: str,
+    ) -> AwardedOrder:
+        """Credit an order's points exactly once: the order id is recorded in the same
+        transaction as the lot, and an order recorded before adds nothing."""
+        site = self.site(site_code)
+
+        async def body(conn: AsyncConnection) -> AwardedOrder:
+            now = await self._lock_or_create_account(conn, tenant, customer_id)
+            lot_id = str(uuid.uuid4()) if points > 0 else None
+            # A concurrent award of the same order waits here for the first to commit.
+            recorded = await conn.execute(
+                _insert_ignore(conn, awarded_orders)
+                .values(
+                    tenant=tenant,
+                    order_id=order_id,
+                    customer_id=customer_id,
+                    points=points,
+                    lot_id=lot_id,
+                    created_at=now,
+                )
+                .returning(awarded_orders.c.order_id)
+            )
+            if recorded.first() is None:
+                earlier = (
+                    await conn.execute(
+                        select(
+                            awarded_orders.c.customer_id,
+                            awarded_orders.c.points,
+                            awarded_orders.c.lot_id,
+                        ).where(
+                            awarded_orders.c.tenant == tenant,
+                            awarded_orders.c.order_id == order_id,
+                        )
+                    )
+                ).one()
+                if earlier.customer_id != customer_id:
+                    raise OrderConflict(order_id)
+                return AwardedOrder(
+                    order_id, customer_id, int(earlier.points), earlier.lot_id, created=False
+                )
+            if lot_id is not None:
+                lot = NewLot(points, id=lot_id, reference_id=order_id, description=description)
+                prepared = self._prepare_lot(lot, customer_id, site, now)
+                await self._write_lot(conn, tenant, customer_id, prepared, now)
+            return AwardedOrder(order_id, customer_id, points, lot_id, created=True)
+
+        return await run_transaction(self.engine, body, retry_on_integrity=True)
+
+    async def _lock_or_create_account(
+        self, conn: AsyncConnection, tenant: str, customer_id: str
+    ) -> datetime:
+        """Lock the customer's account, creating it when missing; the clock is read under the
+        lock (as in add_points) and returned."""
+        if await _lock_account(conn, tenant, customer_id):
+            return self.clock()
+        now = self.clock()
+        created = await conn.execute(
+            _insert_ignore(conn, accounts)
+            .values(tenant=tenant, customer_id=customer_id, created_at=now)
+            .returning(accounts.c.customer_id)
+        )
+        if created.first() is None:  # a concurrent write created it: wait our turn
+            await _lock_account(conn, tenant, customer_id)
+            now = self.clock()
+        return now
+
     # ---- helpers -----------------------------------------------------------------------
 
     def _prepare_lot(self, lot: NewLot, customer_id: str, site: Site, now: datetime) -> _Prepared:
         valid_until = lot.valid_until or add_months(now, site.validity_in_months)
-        if valid_until <= now:
-            raise InvalidRequest("validUntil must be in the future", field="validUntil")
         return _Prepared(lot, valid_until, lot.fingerprint(customer_id))
 
     async def _write_lot(
@@ -396,6 +503,10 @@ class Ledger:
         lot = prepared.lot
         if lot.id is not None and await _is_retry(conn, tenant, lot.id, prepared.fingerprint):
             return lot.id
+        # Checked after the retry check: a retry answers as the first time, even once the
+        # lot's validUntil has passed. Raising here rolls back the whole command.
+        if prepared.valid_until <= now:
+            raise InvalidRequest("validUntil must be in the future", field="validUntil")
         lot_id = lot.id or str(uuid.uuid4())
         balance = (
             await conn.execute(

@@ -12,10 +12,13 @@ from sqlalchemy import (
     DateTime,
     ForeignKeyConstraint,
     Index,
+    Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -130,4 +133,72 @@ lot_usages = Table(
         ["tenant", "redemption_id"], ["redemptions.tenant", "redemptions.id"], ondelete="CASCADE"
     ),
     Index("ix_lot_usages_redemption", "tenant", "redemption_id"),
+)
+
+# The tenant's ways to turn points into a coupon. ``coupon`` is the coupon template as JSON.
+redeem_options = Table(
+    "redeem_options",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("id", Key(24), primary_key=True),
+    Column("type", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("points", BigInteger, nullable=False),
+    Column("coupon", Text, nullable=True),
+    Column("version", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("modified_at", UTCDateTime, nullable=False),
+    CheckConstraint("points > 0", name="points_positive"),
+    CheckConstraint("version >= 1", name="version_positive"),
+    Index("ix_redeem_options_order", "tenant", "created_at", "id"),
+)
+
+# Coupons issued by the built-in issuer; ``body`` is the coupon as JSON, as Emporix writes it.
+coupons = Table(
+    "coupons",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("code", Key(255), primary_key=True),
+    Column("customer_id", Key(255), nullable=False),
+    Column("redemption_id", Key(255), nullable=False),
+    Column("redeem_option_id", Key(24), nullable=False),
+    Column("site_code", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    ForeignKeyConstraint(
+        ["tenant", "redemption_id"],
+        ["redemptions.tenant", "redemptions.id"],
+        ondelete="CASCADE",
+    ),
+    UniqueConstraint("tenant", "redemption_id"),
+    Index("ix_coupons_customer_order", "tenant", "customer_id", "created_at", "code"),
+)
+
+# Orders whose points were awarded: the order id makes the award exactly-once.
+awarded_orders = Table(
+    "awarded_orders",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("order_id", Key(255), primary_key=True),
+    Column("customer_id", Key(255), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("lot_id", Key(255), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint("points >= 0", name="points_not_negative"),
+)
+
+# The first answer to each Idempotency-Key, replayed until ``expires_at``.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("key", Key(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("media_type", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Index("ix_idempotency_keys_expires_at", "expires_at"),
 )

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ..auth import MANAGE_SCOPES, VIEW_SCOPES, Principal, TokenVerifier
 from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
 from ..ledger import Ledger
+from ..rewards import Rewards
 
 bearer = HTTPBearer(
     scheme_name="bearerAuth",
@@ -81,3 +82,25 @@ ViewPrincipal = Annotated[Principal, Depends(employee_with(VIEW_SCOPES))]
 ManagePrincipal = Annotated[Principal, Depends(employee_with(MANAGE_SCOPES))]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
 CustomerId = Annotated[str, Depends(customer_id_path)]
+
+
+async def customer_principal(
+    principal: Annotated[Principal, Depends(current_principal)],
+) -> Principal:
+    """A signed-in customer's token (one with a ``customerId`` claim); no scope is needed."""
+    if principal.customer_id is None:
+        raise Forbidden(
+            "Customer validation failed",
+            ["Only a signed-in customer's token (with a customerId claim) may use this endpoint"],
+        )
+    _customer_id_ok(principal.customer_id)
+    return principal
+
+
+def get_rewards(request: Request) -> Rewards:
+    rewards: Rewards = request.app.state.rewards
+    return rewards
+
+
+CustomerPrincipal = Annotated[Principal, Depends(customer_principal)]
+RewardsDep = Annotated[Rewards, Depends(get_rewards)]

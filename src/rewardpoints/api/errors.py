@@ -17,14 +17,20 @@ from starlette.responses import Response
 from ..db import is_unavailable
 from ..errors import (
     AuthenticationFailed,
+    CouponIssueFailed,
     CustomerExists,
     CustomerNotFound,
     EntryConflict,
     Forbidden,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
     InsufficientPoints,
     InvalidRequest,
+    OrderConflict,
+    ResourceNotFound,
     RewardPointsError,
     Unavailable,
+    VersionConflict,
 )
 from .schemas import dumps
 
@@ -105,6 +111,20 @@ class ServerErrorBody(BaseModel):
     path: str
 
 
+class BadGatewayBody(ServerErrorBody):
+    message: str
+
+
+class _VersionConflictDetails(BaseModel):
+    message: str
+
+
+class VersionConflictBody(BaseModel):
+    status: int = 409
+    message: str = "RedeemOption not Updated"
+    details: _VersionConflictDetails
+
+
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for the given error statuses."""
     table: dict[int, tuple[type[BaseModel], str]] = {
@@ -114,8 +134,10 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: (NotFoundBody, "No reward points entry for the customer."),
         409: (ConflictBody, "Conflict with an existing entry."),
         413: (BadRequestBody, "Request body too large."),
+        422: (BadRequestBody, "Idempotency-Key already used with a different request."),
         500: (ServerErrorBody, "Internal error."),
         503: (ServerErrorBody, "Database unreachable or busy; retry later."),
+        502: (BadGatewayBody, "The coupon could not be created; the points were given back."),
     }
     return {
         status: {"model": table[status][0], "description": table[status][1]} for status in statuses
@@ -191,6 +213,22 @@ def server_error(request: Request, status: int) -> Response:
     return json_response(status, body, headers)
 
 
+def bad_gateway(request: Request, message: str) -> Response:
+    body = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "status": 502,
+        "error": "Bad Gateway",
+        "message": message,
+        "path": instance_of(request),
+    }
+    return json_response(502, body)
+
+
+def version_conflict(message: str) -> Response:
+    body = {"status": 409, "message": "RedeemOption not Updated", "details": {"message": message}}
+    return json_response(409, body)
+
+
 def render(request: Request, error: RewardPointsError) -> Response:
     match error:
         case InsufficientPoints() | InvalidRequest():
@@ -206,6 +244,21 @@ def render(request: Request, error: RewardPointsError) -> Response:
             return conflict("New Reward Point Entry not Created", str(error))
         case EntryConflict():
             return conflict("Reward Point Entry not Created", str(error), field="id")
+        case ResourceNotFound():
+            return not_found(str(error))
+        case VersionConflict():
+            return version_conflict(str(error))
+        case OrderConflict():
+            return conflict("Reward Point Entry not Created", str(error), field="orderId")
+        case CouponIssueFailed():
+            log.warning("coupon not issued: %s", error.__cause__ or error)
+            return bad_gateway(request, str(error))
+        case IdempotencyKeyInProgress():
+            return conflict("Request in progress", str(error), field="Idempotency-Key")
+        case IdempotencyKeyReused():
+            return bad_request(
+                request, str(error), [{"field": "Idempotency-Key", "message": str(error)}], 422
+            )
         case Unavailable():
             log.warning("service unavailable: %s", error)
             return server_error(request, 503)
@@ -222,6 +275,8 @@ def validation_failed(request: Request, error: RequestValidationError) -> Respon
     problems = error.errors()
     if any(problem.get("type") == "json_invalid" for problem in problems):
         return bad_request(request, "Malformed JSON request body")
+    if any(p.get("type") == "missing" and tuple(p.get("loc", ())) == ("body",) for p in problems):
+        return bad_request(request, "Request body is required")
     fields = [
         {"field": _field_of(tuple(p.get("loc", ()))), "message": str(p.get("msg", "invalid"))}
         for p in problems

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from ..errors import InvalidRequest
 from ..ledger import CustomerSummary
 from .deps import CustomerId, LedgerDep, ManagePrincipal, ViewPrincipal
 from .errors import responses
+from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
     AddedPointsIn,
     NewCustomerIn,
@@ -101,22 +102,28 @@ async def get_balance(
     response_class=Response,
     responses={
         200: {"description": "Created; no content."},
-        **responses(400, 401, 403, 409, 500, 503),
+        **responses(400, 401, 403, 409, 422, 500, 503),
     },
 )
 async def create_entry(
+    request: Request,
     principal: ManagePrincipal,
     customer_id: CustomerId,
     ledger: LedgerDep,
     body: Annotated[NewCustomerIn | None, Body()] = None,
     siteCode: SiteCode = "main",  # noqa: N803
+    _key: IdempotencyKey = None,
 ) -> Response:
     """Create the customer's entry, optionally with `startPoints`; 409 if it exists."""
     if body is not None and body.customerId is not None and body.customerId != customer_id:
         raise InvalidRequest("customerId in the body differs from the path", field="customerId")
     start = body.startPoints.to_lot() if body is not None and body.startPoints else None
-    await ledger.create_customer(principal.tenant, customer_id, start, siteCode)
-    return _empty(200)
+    return await idempotent(
+        request,
+        principal,
+        lambda: ledger.create_customer(principal.tenant, customer_id, start, siteCode),
+        lambda _: _empty(200),
+    )
 
 
 @router.delete(
@@ -158,19 +165,25 @@ async def get_summary(
     response_class=Response,
     responses={
         201: {"description": "Added; no content."},
-        **responses(400, 401, 403, 409, 413, 500, 503),
+        **responses(400, 401, 403, 409, 413, 422, 500, 503),
     },
 )
 async def add_points(
+    request: Request,
     principal: ManagePrincipal,
     customer_id: CustomerId,
     ledger: LedgerDep,
     body: Annotated[AddedPointsIn, Body()],
     siteCode: SiteCode = "main",  # noqa: N803
+    _key: IdempotencyKey = None,
 ) -> Response:
     """Credit a lot; the customer's entry is created when missing."""
-    await ledger.add_points(principal.tenant, customer_id, body.to_lot(), siteCode)
-    return _empty(201)
+    return await idempotent(
+        request,
+        principal,
+        lambda: ledger.add_points(principal.tenant, customer_id, body.to_lot(), siteCode),
+        lambda _: _empty(201),
+    )
 
 
 @router.post(
@@ -181,15 +194,21 @@ async def add_points(
     response_class=Response,
     responses={
         201: {"description": "Redeemed; no content."},
-        **responses(400, 401, 403, 404, 409, 413, 500, 503),
+        **responses(400, 401, 403, 404, 409, 413, 422, 500, 503),
     },
 )
 async def redeem_points(
+    request: Request,
     principal: ManagePrincipal,
     customer_id: CustomerId,
     ledger: LedgerDep,
     body: Annotated[RedeemedPointsIn, Body()],
+    _key: IdempotencyKey = None,
 ) -> Response:
     """Spend the customer's unexpired lots, oldest first, without generating a coupon."""
-    await ledger.redeem_points(principal.tenant, customer_id, body.to_redemption())
-    return _empty(201)
+    return await idempotent(
+        request,
+        principal,
+        lambda: ledger.redeem_points(principal.tenant, customer_id, body.to_redemption()),
+        lambda _: _empty(201),
+    )

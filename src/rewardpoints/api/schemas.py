@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -12,11 +14,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
+    model_validator,
 )
 
 from ..config import MAX_POINTS
-from ..ledger import CustomerSummary, Lot, NewLot, NewRedemption, Redemption
+from ..ledger import AwardedOrder, CustomerSummary, Lot, NewLot, NewRedemption, Redemption
+from ..redeem_options import RedeemOption, RedeemOptionContent
+from ..rewards import Order
 
 
 def _no_nul(value: str) -> str:
@@ -177,3 +184,196 @@ def summary_json(summary: CustomerSummary) -> dict[str, Any]:
 
 def dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# ---- redeem options, the signed-in customer's redeem, orders ---------------------------------
+
+
+def _iso_text(value: str) -> str:
+    """An ISO 8601 date-time, kept as written (it is passed on to the coupon as is)."""
+    _parse_timestamp(value)
+    return value
+
+
+def _finite(value: float | int) -> float | int:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _order_amount(value: Any) -> Decimal:
+    """A JSON number (not a string, not a boolean), read exactly as written."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+
+
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_no_nul)]
+LocalizedText = (
+    Annotated[Text, Field(max_length=4096)] | dict[str, Annotated[Text, Field(max_length=4096)]]
+)
+Number = Annotated[StrictInt | StrictFloat, AfterValidator(_finite)]
+Currency = Annotated[str, Field(pattern=r"^[a-zA-Z]{3}$", description="ISO 4217, e.g. EUR")]
+IsoText = Annotated[str, AfterValidator(_iso_text)]
+OrderAmount = Annotated[Decimal, BeforeValidator(_order_amount), Field(ge=0)]
+
+
+class MoneyAmountIn(_In):
+    amount: Annotated[Number, Field(ge=0)]
+    currency: Currency
+
+
+class CouponRestrictionsIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    validFor: list[Annotated[Text, Field(max_length=255)]] | None = None  # noqa: N815
+    validFrom: IsoText | None = None  # noqa: N815
+    validUntil: IsoText | None = None  # noqa: N815
+    minOrderValue: MoneyAmountIn | None = None  # noqa: N815
+
+
+class CouponTemplateIn(BaseModel):
+    """The coupon a redeem option turns into: Emporix's coupon model. Fields of the Coupon
+    Service that this model does not name are kept and passed on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: LocalizedText
+    description: LocalizedText | None = None
+    discountType: Annotated[str, Field(description="PERCENT or ABSOLUTE")]  # noqa: N815
+    discountPercentage: Annotated[Number, Field(ge=0, le=100)] | None = None  # noqa: N815
+    discountAbsolute: MoneyAmountIn | None = None  # noqa: N815
+    allowAnonymous: StrictBool | None = None  # noqa: N815
+    maxRedemptions: StrictInt | None = None  # noqa: N815
+    maxRedemptionsPerCustomer: StrictInt | None = None  # noqa: N815
+    restrictions: CouponRestrictionsIn | None = None
+    status: Literal["INACTIVE", "VALID", "EXPIRED", "USED"] | None = None
+
+    @model_validator(mode="after")
+    def _discount_matches_type(self) -> CouponTemplateIn:
+        if self.discountType == "FREE_SHIPPING":
+            raise ValueError("only PERCENT and ABSOLUTE coupons can be obtained with points")
+        if self.discountType == "PERCENT":
+            if self.discountPercentage is None:
+                raise ValueError("a PERCENT coupon needs discountPercentage")
+            if self.discountAbsolute is not None:
+                raise ValueError("discountAbsolute is only for ABSOLUTE coupons")
+        elif self.discountType == "ABSOLUTE":
+            if self.discountAbsolute is None:
+                raise ValueError("an ABSOLUTE coupon needs discountAbsolute")
+            if self.discountPercentage is not None:
+                raise ValueError("discountPercentage is only for PERCENT coupons")
+        else:
+            raise ValueError("discountType must be PERCENT or ABSOLUTE")
+        return self
+
+
+class RedeemOptionMetadataIn(_In):
+    version: StrictInt | None = None
+
+
+class RedeemOptionIn(_In):
+    """A ``redeemOption``. ``id``, ``pointsAfterCoupon`` and the metadata timestamps are the
+    server's; ``metadata.version``, when given on an update, must be the current version."""
+
+    id: Annotated[Text, Field(max_length=255)] | None = None
+    type: Annotated[NonEmptyText, Field(max_length=255, description="Typically 'coupon'")]
+    name: Annotated[NonEmptyText, Field(max_length=1024)]
+    description: Annotated[Text, Field(max_length=4096)] | None = None
+    points: Points
+    coupon: CouponTemplateIn | None = None
+    pointsAfterCoupon: StrictInt | None = None  # noqa: N815
+    metadata: RedeemOptionMetadataIn | None = None
+
+    def content(self) -> RedeemOptionContent:
+        coupon = self.coupon.model_dump(mode="json", exclude_unset=True) if self.coupon else None
+        return RedeemOptionContent(self.type, self.name, self.description, self.points, coupon)
+
+    @property
+    def expected_version(self) -> int | None:
+        return self.metadata.version if self.metadata is not None else None
+
+
+class RedeemOptionMetadataOut(BaseModel):
+    version: int
+    createdAt: str  # noqa: N815
+    modifiedAt: str  # noqa: N815
+
+
+class RedeemOptionOut(BaseModel):
+    id: str
+    type: str
+    name: str
+    description: str | None
+    points: int
+    coupon: dict[str, Any] | None
+    pointsAfterCoupon: int | None = Field(  # noqa: N815
+        default=None, description="The customer's active points minus `points` (customers only)"
+    )
+    metadata: RedeemOptionMetadataOut
+
+
+class RedeemIn(_In):
+    id: Annotated[NonEmptyText, Field(max_length=255)] = Field(
+        description="The ID of the redeem option used to convert points into a coupon."
+    )
+
+
+class RedeemCouponOut(BaseModel):
+    code: str = Field(description="Coupon code received after exchanging points")
+
+
+class OrderTotalIn(_In):
+    amount: OrderAmount
+    currency: Currency
+
+
+class OrderIn(_In):
+    orderId: EntryId  # noqa: N815
+    total: OrderTotalIn
+    status: Annotated[NonEmptyText, Field(max_length=64, description="e.g. COMPLETED")]
+
+    def to_order(self) -> Order:
+        return Order(self.orderId, self.total.amount, self.total.currency, self.status)
+
+
+class OrderAwardOut(BaseModel):
+    orderId: str  # noqa: N815
+    customerId: str  # noqa: N815
+    points: int
+    addedPointsId: str | None  # noqa: N815
+
+
+def zulu(moment: datetime) -> str:
+    """``2023-07-25T13:28:25.960Z``, the form Emporix uses in redeem-option metadata."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def redeem_option_json(option: RedeemOption, active_points: int | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": option.id,
+        "type": option.type,
+        "name": option.name,
+        "description": option.description,
+        "points": option.points,
+        "coupon": option.coupon,
+    }
+    if active_points is not None:
+        body["pointsAfterCoupon"] = active_points - option.points
+    body["metadata"] = {
+        "version": option.version,
+        "createdAt": zulu(option.created_at),
+        "modifiedAt": zulu(option.modified_at),
+    }
+    return body
+
+
+def order_award_json(award: AwardedOrder) -> dict[str, Any]:
+    return {
+        "orderId": award.order_id,
+        "customerId": award.customer_id,
+        "points": award.points,
+        "addedPointsId": award.lot_id,
+    }

@@ -1,0 +1,110 @@
+"""Signed-In Customer Reward Points: the storefront's endpoints, acting on the token's customer."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+from starlette.responses import Response
+
+from .deps import CustomerPrincipal, LedgerDep, RewardsDep
+from .errors import responses
+from .schemas import (
+    PointsSummaryOut,
+    RedeemCouponOut,
+    RedeemIn,
+    RedeemOptionOut,
+    dumps,
+    redeem_option_json,
+    summary_json,
+)
+
+router = APIRouter(prefix="/reward-points/public", tags=["Signed-In Customer Reward Points"])
+
+SiteCode = Annotated[
+    str,
+    Query(min_length=1, max_length=64, description="Site code, defined when a site is created."),
+]
+
+
+def _json(body: Any) -> Response:
+    return Response(dumps(body), media_type="application/json")
+
+
+@router.get(
+    "/customer",
+    operation_id="GET-reward-points-fetch-logged-customer-points",
+    summary="Retrieving reward points of a signed-in customer",
+    response_model=int,
+    responses=responses(401, 403, 404, 500, 503),
+)
+async def get_own_balance(principal: CustomerPrincipal, ledger: LedgerDep) -> Response:
+    """The signed-in customer's active points, as a bare JSON integer."""
+    assert principal.customer_id is not None
+    balance = await ledger.balance(principal.tenant, principal.customer_id)
+    return Response(str(balance).encode(), media_type="application/json")
+
+
+@router.get(
+    "/customer/summary",
+    operation_id="GET-reward-points-retrieve-logged-customer-reward-summary",
+    summary="Retrieving a reward points summary of a signed-in customer",
+    response_model=PointsSummaryOut,
+    responses=responses(401, 403, 404, 500, 503),
+)
+async def get_own_summary(principal: CustomerPrincipal, ledger: LedgerDep) -> Response:
+    """Every added and redeemed entry of the signed-in customer, oldest first."""
+    assert principal.customer_id is not None
+    summary = await ledger.summary(principal.tenant, principal.customer_id)
+    return _json(summary_json(summary))
+
+
+@router.get(
+    "/customer/redeemOptions",
+    operation_id="GET-reward-points-list-logged-customer-redeem-options",
+    summary="Retrieving redemption options for a signed-in customer",
+    response_model=list[RedeemOptionOut],
+    responses=responses(401, 403, 500, 503),
+)
+async def get_own_redeem_options(principal: CustomerPrincipal, rewards: RewardsDep) -> Response:
+    """The tenant's redeem options, each with `pointsAfterCoupon`: the customer's active points
+    minus the option's points (negative when the customer cannot afford it). The path Emporix's
+    own storefront calls; not in Emporix's OpenAPI document."""
+    assert principal.customer_id is not None
+    options, active = await rewards.options_for(principal.tenant, principal.customer_id)
+    return _json([redeem_option_json(option, active) for option in options])
+
+
+@router.post(
+    "/customer/redeem",
+    operation_id="POST-reward-points-redeem-logged-customer-reward-points-coupon",
+    summary="Redeeming a logged-in customer's reward points for a coupon code",
+    status_code=200,
+    response_model=RedeemCouponOut,
+    responses=responses(400, 401, 403, 404, 413, 500, 502, 503),
+)
+async def redeem_for_coupon(
+    principal: CustomerPrincipal,
+    rewards: RewardsDep,
+    body: Annotated[RedeemIn, Body()],
+    siteCode: SiteCode = "main",  # noqa: N803 - Emporix's parameter name
+) -> Response:
+    """Spend the option's points and answer the new coupon's code. If the coupon cannot be
+    created the points are given back as a new entry and the answer is 502."""
+    assert principal.customer_id is not None
+    code = await rewards.redeem(principal.tenant, principal.customer_id, body.id, siteCode)
+    return _json({"code": code})
+
+
+@router.get(
+    "/customer/coupons",
+    operation_id="GET-reward-points-list-logged-customer-coupons",
+    summary="Retrieving the coupons a signed-in customer got for points (extension)",
+    response_model=list[dict[str, Any]],
+    responses=responses(401, 403, 404, 500, 503),
+)
+async def get_own_coupons(principal: CustomerPrincipal, rewards: RewardsDep) -> Response:
+    """Coupons issued to the signed-in customer by the built-in issuer, oldest first. Not part
+    of Emporix's API; 404 when an external Coupon Service issues the coupons."""
+    assert principal.customer_id is not None
+    return _json(await rewards.coupons_of(principal.tenant, principal.customer_id))

@@ -1,0 +1,303 @@
+"""Coupon issuing, pluggable: kept in our own database (built in), or created by an
+Emporix-compatible Coupon Service (``POST {url}/coupon/{tenant}/coupons``).
+
+Either way the coupon is the redeem option's template with a fresh code
+(``<site codePrefix>-<6 digits>``), ``issuedTo`` the customer and ``maxRedemptions`` 1.
+An issuer raises ``CouponIssueFailed`` when it could not issue; the caller then charges the
+points back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import httpx
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .config import Settings, Site
+from .db import read_transaction, run_transaction
+from .errors import CouponIssueFailed, Unavailable
+from .models import coupons
+
+log = logging.getLogger("rewardpoints")
+
+Clock = Callable[[], datetime]
+Digits = Callable[[], int]
+
+CODE_SPACE = 1_000_000
+# Read-only in Emporix's coupon model: never copied from a template into a new coupon.
+READ_ONLY_FIELDS = frozenset(
+    {"code", "status", "issuedTo", "redemptionCount", "links", "deleted", "legalEntityRedemptions"}
+)
+_BUILT_IN_ATTEMPTS = 20
+
+
+def random_digits() -> int:
+    return secrets.randbelow(CODE_SPACE)
+
+
+@dataclass(frozen=True, slots=True)
+class CouponRequest:
+    tenant: str
+    customer_id: str
+    site: Site
+    redeem_option_id: str
+    template: dict[str, Any]
+    redemption_id: str
+
+
+def new_code(prefix: str, digits: int) -> str:
+    return f"{prefix}-{digits:06d}"
+
+
+def coupon_body(request: CouponRequest, code: str) -> dict[str, Any]:
+    """The coupon to create: the template's fields, this code, for this customer, once."""
+    body = {key: value for key, value in request.template.items() if key not in READ_ONLY_FIELDS}
+    body["code"] = code
+    body["issuedTo"] = request.customer_id
+    body["maxRedemptions"] = 1
+    return body
+
+
+class CouponIssuer(Protocol):
+    @property
+    def keeps_coupons(self) -> bool:
+        """Whether ``issued_to`` can list the coupons this issuer made."""
+        ...
+
+    async def issue(self, request: CouponRequest) -> str:
+        """Create the coupon and return its code; CouponIssueFailed when it could not."""
+        ...
+
+    async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]: ...
+
+
+def coupon_status(body: dict[str, Any], now: datetime) -> str:
+    """INACTIVE before ``restrictions.validFrom``, EXPIRED after ``validUntil``, else VALID."""
+    restrictions = body.get("restrictions")
+    if isinstance(restrictions, dict):
+        valid_from = _moment(restrictions.get("validFrom"))
+        valid_until = _moment(restrictions.get("validUntil"))
+        if valid_from is not None and now < valid_from:
+            return "INACTIVE"
+        if valid_until is not None and now > valid_until:
+            return "EXPIRED"
+    return "VALID"
+
+
+def _moment(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed
+
+
+class BuiltInCoupons:
+    """Coupons kept in the ``coupons`` table; codes unique per tenant by its primary key."""
+
+    keeps_coupons = True
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        digits: Digits = random_digits,
+        attempts: int = _BUILT_IN_ATTEMPTS,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.digits = digits
+        self.attempts = attempts
+
+    async def issue(self, request: CouponRequest) -> str:
+        for _ in range(self.attempts):
+            code = new_code(request.site.code_prefix, self.digits())
+            try:
+                if await self._insert(request, code):
+                    return code
+            except (DBAPIError, Unavailable, OSError) as error:
+                raise CouponIssueFailed(f"the coupon could not be stored: {error}") from error
+        raise CouponIssueFailed(
+            f"no free coupon code with prefix '{request.site.code_prefix}' "
+            f"after {self.attempts} attempts"
+        )
+
+    async def _insert(self, request: CouponRequest, code: str) -> bool:
+        body = json.dumps(coupon_body(request, code), ensure_ascii=False, separators=(",", ":"))
+
+        async def write(conn: AsyncConnection) -> bool:
+            dialect_insert = (
+                postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+            )
+            # Only a taken code is tolerated; a second coupon for one redemption is an error.
+            statement = (
+                dialect_insert(coupons)
+                .values(
+                    tenant=request.tenant,
+                    code=code,
+                    customer_id=request.customer_id,
+                    redemption_id=request.redemption_id,
+                    redeem_option_id=request.redeem_option_id,
+                    site_code=request.site.code,
+                    body=body,
+                    created_at=self.clock(),
+                )
+                .on_conflict_do_nothing(index_elements=["tenant", "code"])
+                .returning(coupons.c.code)
+            )
+            return (await conn.execute(statement)).first() is not None
+
+        return await run_transaction(self.engine, write)
+
+    async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
+        now = self.clock()
+        async with read_transaction(self.engine) as conn:
+            rows = await conn.execute(
+                select(coupons.c.body)
+                .where(coupons.c.tenant == tenant, coupons.c.customer_id == customer_id)
+                .order_by(coupons.c.created_at, coupons.c.code)
+            )
+            bodies = [json.loads(row.body) for row in rows]
+        return [
+            {**body, "status": coupon_status(body, now), "redemptionCount": 0, "deleted": False}
+            for body in bodies
+        ]
+
+
+class EmporixCoupons:
+    """Creates coupons through an Emporix-compatible Coupon Service.
+
+    Each attempt has a timeout; timeouts, transport errors, 429 and 5xx answers are retried,
+    with the same code, up to ``attempts`` times in all. Other 4xx answers fail at once. A 409
+    ("duplicate coupon") is a taken code, unless an earlier attempt may have created the coupon
+    without us hearing back: then the coupon is read, and if it is this customer's it is ours.
+    """
+
+    keeps_coupons = False
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float = 5.0,
+        attempts: int = 3,
+        backoff: float = 0.05,
+        digits: Digits = random_digits,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.attempts = attempts
+        self.backoff = backoff
+        self.digits = digits
+
+    def _client(self) -> httpx.AsyncClient:
+        headers = {"Accept": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return httpx.AsyncClient(headers=headers, timeout=self.timeout)
+
+    def _url(self, tenant: str, code: str | None = None) -> str:
+        url = f"{self.base_url}/coupon/{quote(tenant, safe='')}/coupons"
+        return f"{url}/{quote(code, safe='')}" if code is not None else url
+
+    async def issue(self, request: CouponRequest) -> str:
+        code = new_code(request.site.code_prefix, self.digits())
+        # True once an attempt may have created the coupon although we got no success answer.
+        maybe_created = False
+        problem = "no attempt made"
+        async with self._client() as client:
+            for attempt in range(1, self.attempts + 1):
+                if attempt > 1:
+                    await asyncio.sleep(self.backoff * (attempt - 1))
+                try:
+                    response = await client.post(
+                        self._url(request.tenant), json=coupon_body(request, code)
+                    )
+                except httpx.HTTPError as error:
+                    sent = not isinstance(error, httpx.ConnectError | httpx.ConnectTimeout)
+                    maybe_created = maybe_created or sent
+                    problem = f"{type(error).__name__} {error}".strip()
+                    log.warning("coupon service attempt %d failed: %s", attempt, problem)
+                    continue
+                if response.is_success:
+                    return _issued_code(response, code)
+                status = response.status_code
+                problem = f"HTTP {status}"
+                log.warning("coupon service attempt %d answered %s", attempt, status)
+                if status == 409:
+                    ours = await self._own_code(client, request, code) if maybe_created else None
+                    if ours is not None:
+                        return ours
+                    code = new_code(request.site.code_prefix, self.digits())
+                    maybe_created = False
+                    continue
+                if status == 429 or status >= 500:
+                    maybe_created = maybe_created or status >= 500
+                    continue
+                raise CouponIssueFailed(f"the coupon service refused the coupon: {problem}")
+            ours = await self._own_code(client, request, code) if maybe_created else None
+            if ours is not None:
+                return ours
+        raise CouponIssueFailed(
+            f"the coupon service did not create the coupon in {self.attempts} attempt(s): {problem}"
+        )
+
+    async def _own_code(
+        self, client: httpx.AsyncClient, request: CouponRequest, code: str
+    ) -> str | None:
+        """The saved code of coupon ``code`` if it exists and was issued to this customer."""
+        try:
+            response = await client.get(self._url(request.tenant, code))
+            found = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
+        if not isinstance(found, dict) or found.get("issuedTo") != request.customer_id:
+            return None
+        saved = found.get("code")
+        return saved if isinstance(saved, str) and saved else code
+
+    async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
+        raise NotImplementedError("the Coupon Service keeps these coupons")
+
+
+def _issued_code(response: httpx.Response, sent: str) -> str:
+    """The code the service saved (Emporix answers ``{"id": "<CODE>"}``, upper-cased)."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return sent
+    if isinstance(answer, dict):
+        for key in ("id", "code"):
+            value = answer.get(key)
+            if isinstance(value, str) and value:
+                return value
+    return sent
+
+
+def build_issuer(settings: Settings, engine: AsyncEngine, clock: Clock) -> CouponIssuer:
+    if settings.coupon_service_url is None:
+        return BuiltInCoupons(engine, clock)
+    token = settings.coupon_service_token
+    return EmporixCoupons(
+        settings.coupon_service_url,
+        token=token.get_secret_value() if token is not None else None,
+        timeout=settings.coupon_service_timeout_seconds,
+        attempts=settings.coupon_service_attempts,
+    )
