@@ -95,7 +95,11 @@ def running_server(
 ) -> Iterator[str]:
     """``rewardpoints serve`` in a child process; yields its base URL once it is ready."""
     port = free_port()
-    full_env = {**os.environ, **env}
+    # The server sees only the settings the test gives it: none of the developer's
+    # REWARDPOINTS_* variables, and no .env file (it runs in an empty directory).
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("REWARDPOINTS_")}
+    full_env = {**inherited, **env}
+    workdir = tempfile.mkdtemp(prefix="rewardpoints-server-")
     log = tempfile.TemporaryFile()
     process = subprocess.Popen(
         [
@@ -112,6 +116,7 @@ def running_server(
             "warning",
         ],
         env=full_env,
+        cwd=workdir,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -140,3 +145,4 @@ def running_server(
             process.kill()
             process.wait()
         log.close()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,294 @@
+"""The ``rewardpoints`` command as an operator runs it: ``migrate``, ``token`` and ``serve`` in
+child processes, with an environment built here (nothing inherited from the developer's) and
+a working directory of their own (``.env`` is read from there)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from alembic.script import ScriptDirectory
+from jose import jwt
+
+from rewardpoints.cli import migrations_dir
+from rewardpoints.models import metadata
+
+from .conftest import TEST_SECRET, bearer
+from .support import free_port
+
+COMMAND = Path(sys.executable).with_name("rewardpoints")
+DEV_SECRET = Path("rewardpoints") / "dev-secret"
+
+
+def clean_env(home: Path, **variables: str) -> dict[str, str]:
+    """Only what a process needs, plus ``variables``: no REWARDPOINTS_* from the caller."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "LANG": "C.UTF-8",
+        **variables,
+    }
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(COMMAND), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def table_names(path: Path) -> set[str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return {name for (name,) in rows}
+
+
+def schema_version(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [version for (version,) in db.execute("SELECT version_num FROM alembic_version")]
+
+
+def head_revision() -> str:
+    head = ScriptDirectory(str(migrations_dir())).get_current_head()
+    assert head is not None
+    return head
+
+
+def claims_of(token: str, secret: str) -> dict[str, object]:
+    claims: dict[str, object] = jwt.decode(token, secret, algorithms=["HS256"])
+    return claims
+
+
+# ---- migrate ------------------------------------------------------------------------------
+
+
+def test_migrate_creates_the_schema_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    database = tmp_path / "fresh.db"
+    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=sqlite_url(database))
+
+    result = run(["migrate"], env, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert set(metadata.tables) | {"alembic_version"} <= table_names(database)
+    assert schema_version(database) == [head_revision()]
+
+
+def test_migrate_twice_is_harmless_and_keeps_the_data(tmp_path: Path) -> None:
+    database = tmp_path / "fresh.db"
+    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=sqlite_url(database))
+    assert run(["migrate"], env, tmp_path).returncode == 0
+    with contextlib.closing(sqlite3.connect(database)) as db, db:
+        db.execute(
+            "INSERT INTO accounts (tenant, customer_id, created_at) "
+            "VALUES ('acme', 'c1', '2030-01-01 00:00:00.000000')"
+        )
+    tables = table_names(database)
+
+    again = run(["migrate"], env, tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert table_names(database) == tables
+    assert schema_version(database) == [head_revision()]
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        assert db.execute("SELECT tenant, customer_id FROM accounts").fetchall() == [("acme", "c1")]
+
+
+# ---- token --------------------------------------------------------------------------------
+
+
+def test_token_prints_a_jwt_with_the_requested_claims(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, REWARDPOINTS_JWT_SECRET=TEST_SECRET)
+    before = int(time.time())
+
+    result = run(
+        ["token", "--tenant", "acme", "--scope", "a b", "--customer", "c1", "--ttl", "60"],
+        env,
+        tmp_path,
+    )
+
+    after = int(time.time())
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    claims = claims_of(token, TEST_SECRET)
+    assert claims["tenant"] == "acme"
+    assert claims["scope"] == "a b"
+    assert claims["customerId"] == "c1"
+    assert isinstance(claims["exp"], int)
+    assert before + 60 <= claims["exp"] <= after + 60
+    # A configured secret is used as it is: no development secret appears.
+    assert not (tmp_path / "config" / DEV_SECRET).exists()
+
+
+@pytest.mark.parametrize("tenant", ["Acme", "ab", "a" * 17, "acme corp"])
+def test_token_refuses_an_invalid_tenant(tmp_path: Path, tenant: str) -> None:
+    env = clean_env(tmp_path, REWARDPOINTS_JWT_SECRET=TEST_SECRET)
+
+    result = run(["token", "--tenant", tenant], env, tmp_path)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "invalid tenant" in result.stderr
+
+
+def test_token_without_a_key_creates_a_private_development_secret_and_reuses_it(
+    tmp_path: Path,
+) -> None:
+    env = clean_env(tmp_path)
+    secret_file = tmp_path / "config" / DEV_SECRET
+    assert not secret_file.exists()
+
+    first = run(["token", "--tenant", "acme"], env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+    secret = secret_file.read_text().strip()
+    second = run(["token", "--tenant", "acme"], env, tmp_path)
+
+    assert second.returncode == 0, second.stderr
+    assert secret_file.read_text().strip() == secret
+    assert len(secret) >= 32
+    for result in (first, second):
+        assert claims_of(result.stdout.strip(), secret)["tenant"] == "acme"
+
+
+def test_module_entry_point_prints_help(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "rewardpoints", "--help"],
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    for command in ("serve", "migrate", "token"):
+        assert command in result.stdout
+
+
+# ---- serve --------------------------------------------------------------------------------
+
+
+@dataclass
+class Served:
+    base: str
+    home: Path
+    database: Path
+    log: Path
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def serve(home: Path, env: dict[str, str], timeout: float = 30.0) -> Iterator[str]:
+    """``rewardpoints serve`` with exactly ``env``, in ``home``; its output goes to
+    ``home/serve.log``. Yields the base URL once ``/health/ready`` answers 200."""
+    port = free_port()
+    with (home / "serve.log").open("wb") as log:
+        process = subprocess.Popen(
+            [
+                str(COMMAND),
+                "serve",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+            cwd=home,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                output = (home / "serve.log").read_text(errors="replace")
+                raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+            try:
+                if httpx.get(f"{base}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not become ready")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for the module: no key configured, on an SQLite file that does not exist
+    yet."""
+    home = tmp_path_factory.mktemp("serve")
+    database = home / "fresh.db"
+    env = clean_env(home, REWARDPOINTS_DATABASE_URL=sqlite_url(database))
+    assert not database.exists()
+    with serve(home, env) as base:
+        yield Served(base, home, database, home / "serve.log", env)
+
+
+@pytest.mark.slow
+def test_serve_applies_pending_migrations_before_serving(served: Served) -> None:
+    assert set(metadata.tables) <= table_names(served.database)
+    assert schema_version(served.database) == [head_revision()]
+    assert httpx.get(f"{served.base}/health/ready", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+def test_serve_without_a_key_warns_and_accepts_tokens_from_the_token_command(
+    served: Served,
+) -> None:
+    secret_file = served.home / "config" / DEV_SECRET
+    log = served.log.read_text(errors="replace")
+    assert "WARNING" in log
+    assert "development key" in log
+    assert str(secret_file) in log
+    assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+
+    printed = run(["token", "--tenant", "acme"], served.env, served.home)
+    assert printed.returncode == 0, printed.stderr
+    headers = bearer(printed.stdout.strip())
+    added = httpx.post(
+        f"{served.base}/reward-points/customer/c1/addPoints",
+        json={"points": 10},
+        headers=headers,
+        timeout=10,
+    )
+    balance = httpx.get(f"{served.base}/reward-points/customer/c1", headers=headers, timeout=10)
+
+    assert added.status_code == 201, added.text
+    assert balance.status_code == 200
+    assert balance.json() == 10
+    # The server checks signatures: the same claims signed with another secret are refused.
+    forged = jwt.encode(
+        claims_of(printed.stdout.strip(), secret_file.read_text().strip()),
+        TEST_SECRET,
+        algorithm="HS256",
+    )
+    refused = httpx.get(
+        f"{served.base}/reward-points/customer/c1", headers=bearer(forged), timeout=10
+    )
+    assert refused.status_code == 401
