@@ -109,8 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    level = getattr(args, "log_level", "info").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO), format="%(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings()
     if args.command == "serve":
         return _serve(args, settings)
