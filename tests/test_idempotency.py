@@ -244,3 +244,51 @@ async def test_one_body_id_with_different_contents_at_once_writes_one_of_them(
     assert sorted(r.status_code for r in answers) == [201] + [409] * 9
     winner = next(n for n, r in enumerate(answers) if r.status_code == 201)
     assert await balance(client, headers, f"c{winner % 3}") == 10 + winner
+
+
+async def test_a_retried_storefront_redeem_spends_once_and_answers_the_same_code(
+    client: httpx.AsyncClient, headers: dict[str, str], make_headers: Any, tenant: str
+) -> None:
+    from .test_redeem_options import OPTION, options_url
+
+    created = await client.post(options_url(tenant), json=OPTION, headers=headers)
+    option_id = created.json()[-1]["id"]
+    await client.post(ADD.format("c1"), json={"points": 200}, headers=headers)
+    shopper = make_headers(tenant, "customer.customerprofile_view", customer_id="c1")
+    answers = [
+        await client.post(
+            "/reward-points/public/customer/redeem",
+            json={"id": option_id},
+            headers=keyed(shopper, "checkout-1"),
+        )
+        for _ in range(3)
+    ]
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert len({r.json()["code"] for r in answers}) == 1
+    assert await balance(client, headers, "c1") == 200 - OPTION["points"]
+    coupons = await client.get("/reward-points/public/customer/coupons", headers=shopper)
+    assert len(coupons.json()) == 1
+
+
+async def test_retried_order_awards_and_option_creations_replay(
+    client: httpx.AsyncClient, headers: dict[str, str], tenant: str
+) -> None:
+    from .test_redeem_options import OPTION, options_url
+
+    order = {"orderId": "B1", "total": {"amount": 12.5, "currency": "EUR"}, "status": "COMPLETED"}
+    awards = [
+        await client.post(
+            "/reward-points/customer/c1/orders", json=order, headers=keyed(headers, "o")
+        )
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in awards] == [201, 201]
+    assert awards[1].json() == awards[0].json()
+    assert awards[1].headers["idempotent-replayed"] == "true"
+    creations = [
+        await client.post(options_url(tenant), json=OPTION, headers=keyed(headers, "opt"))
+        for _ in range(2)
+    ]
+    assert creations[1].json() == creations[0].json()
+    listed = await client.get(options_url(tenant), headers=headers)
+    assert len(listed.json()) == 1

@@ -8,7 +8,6 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Header, Request
 from starlette.responses import Response
 
-from ..auth import Principal
 from ..db import transaction_hook
 from ..errors import (
     IdempotencyKeyInProgress,
@@ -50,10 +49,11 @@ def replay(stored: StoredResponse) -> Response:
 
 async def idempotent(
     request: Request,
-    principal: Principal,
+    tenant: str,
     command: Callable[[], Awaitable[T]],
     answer: Callable[[T], Response],
     *,
+    customer_id: str | None = None,
     answer_in_transaction: bool = True,
 ) -> Response:
     """Run ``command`` once per Idempotency-Key and answer with ``answer(result)``.
@@ -75,15 +75,15 @@ async def idempotent(
         request.method,
         request.url.path,
         request.url.query,
-        principal.customer_id or "",
+        customer_id or "",
         await request.body(),
     )
-    ident = (principal.tenant, key)
+    ident = (tenant, key)
     if ident in in_flight:
         raise IdempotencyKeyInProgress(key)
     in_flight.add(ident)
     try:
-        stored = await store.lookup(principal.tenant, key, request_hash)
+        stored = await store.lookup(tenant, key, request_hash)
         if stored is not None:
             return replay(stored)
 
@@ -91,7 +91,7 @@ async def idempotent(
             return stored_of(answer(result))
 
         hook = IdempotencyHook(
-            store, principal.tenant, key, request_hash, record if answer_in_transaction else None
+            store, tenant, key, request_hash, record if answer_in_transaction else None
         )
         try:
             with transaction_hook(hook):
@@ -104,11 +104,11 @@ async def idempotent(
             response = render(request, error)
             if 400 <= response.status_code < 500:
                 # The request ran and was refused: that answer is the key's answer too.
-                await store.save(principal.tenant, key, request_hash, stored_of(response))
+                await store.save(tenant, key, request_hash, stored_of(response))
             return response
         response = answer(result)
         if not hook.recorded:
-            await store.save(principal.tenant, key, request_hash, stored_of(response))
+            await store.save(tenant, key, request_hash, stored_of(response))
         return response
     finally:
         in_flight.discard(ident)

@@ -120,7 +120,7 @@ async def create_entry(
     start = body.startPoints.to_lot() if body is not None and body.startPoints else None
     return await idempotent(
         request,
-        principal,
+        principal.tenant,
         lambda: ledger.create_customer(principal.tenant, customer_id, start, siteCode),
         lambda _: _empty(200),
     )
@@ -180,7 +180,7 @@ async def add_points(
     """Credit a lot; the customer's entry is created when missing."""
     return await idempotent(
         request,
-        principal,
+        principal.tenant,
         lambda: ledger.add_points(principal.tenant, customer_id, body.to_lot(), siteCode),
         lambda _: _empty(201),
     )
@@ -208,7 +208,7 @@ async def redeem_points(
     """Spend the customer's unexpired lots, oldest first, without generating a coupon."""
     return await idempotent(
         request,
-        principal,
+        principal.tenant,
         lambda: ledger.redeem_points(principal.tenant, customer_id, body.to_redemption()),
         lambda _: _empty(201),
     )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
+from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
 from .deps import CustomerPrincipal, LedgerDep, RewardsDep
 from .errors import responses
+from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
     PointsSummaryOut,
     RedeemCouponOut,
@@ -81,19 +82,30 @@ async def get_own_redeem_options(principal: CustomerPrincipal, rewards: RewardsD
     summary="Redeeming a logged-in customer's reward points for a coupon code",
     status_code=200,
     response_model=RedeemCouponOut,
-    responses=responses(400, 401, 403, 404, 413, 500, 502, 503),
+    responses=responses(400, 401, 403, 404, 413, 422, 500, 502, 503),
 )
 async def redeem_for_coupon(
+    request: Request,
     principal: CustomerPrincipal,
     rewards: RewardsDep,
     body: Annotated[RedeemIn, Body()],
     siteCode: SiteCode = "main",  # noqa: N803 - Emporix's parameter name
+    _key: IdempotencyKey = None,
 ) -> Response:
     """Spend the option's points and answer the new coupon's code. If the coupon cannot be
     created the points are given back as a new entry and the answer is 502."""
-    assert principal.customer_id is not None
-    code = await rewards.redeem(principal.tenant, principal.customer_id, body.id, siteCode)
-    return _json({"code": code})
+    customer_id = principal.customer_id
+    assert customer_id is not None
+    # Spending, issuing and a possible chargeback are several steps: the key's answer is
+    # recorded after them, not inside the spending transaction.
+    return await idempotent(
+        request,
+        principal.tenant,
+        lambda: rewards.redeem(principal.tenant, customer_id, body.id, siteCode),
+        lambda code: _json({"code": code}),
+        customer_id=customer_id,
+        answer_in_transaction=False,
+    )
 
 
 @router.get(

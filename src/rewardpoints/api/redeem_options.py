@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path
+from fastapi import APIRouter, Body, Depends, Path, Request
 from starlette.responses import Response
 
 from ..auth import RESERVED_TENANTS, Principal
@@ -12,6 +12,7 @@ from ..errors import Forbidden, InvalidRequest, ResourceNotFound
 from ..redeem_options import RedeemOptionStore
 from .deps import ManagePrincipal, RewardsDep, current_principal
 from .errors import VersionConflictBody, responses
+from .idempotency import IdempotencyKey, idempotent
 from .schemas import RedeemOptionIn, RedeemOptionOut, dumps, redeem_option_json
 
 router = APIRouter(prefix="/reward-points", tags=["Redeem Options Management"])
@@ -85,14 +86,22 @@ async def list_options(tenant: ReaderTenant, store: Store) -> Response:
     summary="Creating redemption options",
     status_code=200,
     response_model=list[RedeemOptionOut],
-    responses=responses(400, 401, 403, 413, 500, 503),
+    responses=responses(400, 401, 403, 413, 422, 500, 503),
 )
 async def create_option(
-    tenant: ManagerTenant, store: Store, body: Annotated[RedeemOptionIn, Body()]
+    request: Request,
+    tenant: ManagerTenant,
+    store: Store,
+    body: Annotated[RedeemOptionIn, Body()],
+    _key: IdempotencyKey = None,
 ) -> Response:
     """Add a redeem option; answers the tenant's options, the new one included."""
-    options = await store.create(tenant, body.content())
-    return _json([redeem_option_json(option) for option in options])
+    return await idempotent(
+        request,
+        tenant,
+        lambda: store.create(tenant, body.content()),
+        lambda options: _json([redeem_option_json(option) for option in options]),
+    )
 
 
 @router.put(
