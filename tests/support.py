@@ -100,7 +100,7 @@ def running_server(
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("REWARDPOINTS_")}
     full_env = {**inherited, **env}
     workdir = tempfile.mkdtemp(prefix="rewardpoints-server-")
-    log = tempfile.TemporaryFile()
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed when the server stops
     process = subprocess.Popen(
         [
             sys.executable,
@@ -146,3 +146,164 @@ def running_server(
             process.wait()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---- fault injection: a server whose processes the test can signal -------------------------
+
+
+class ServerProcess:
+    """A running ``rewardpoints serve``: its base URL, its process, and its worker processes."""
+
+    def __init__(self, base: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.base = base
+        self.process = process
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def worker_pids(self) -> list[int]:
+        """The uvicorn worker processes (children of the supervisor); empty with one worker,
+        where the server process itself serves."""
+        return [pid for pid in child_pids(self.pid) if _is_uvicorn_worker(pid)]
+
+    def output(self) -> str:
+        """What the server has written to stdout and stderr so far."""
+        return self.log.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the whole server, as a crash would."""
+        self.process.kill()
+        self.process.wait()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live child processes of ``pid``, from /proc."""
+    children: list[int] = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in Path(path).read_text().split()]
+    return children
+
+
+def _is_uvicorn_worker(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    # Spawned multiprocessing children, not the resource tracker; zombies are dead workers.
+    return b"spawn_main" in cmdline and b"resource_tracker" not in cmdline and state != "Z"
+
+
+def socket_owner(local_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` owns the loopback TCP socket whose local port is ``local_port``."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == local_port:
+                    inodes.add(fields[9])
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and link[8:-1] in inodes:
+                        return pid
+    return None
+
+
+@contextlib.contextmanager
+def server_process(
+    env: dict[str, str], *, workers: int = 1, timeout: float = 30.0
+) -> Iterator[ServerProcess]:
+    """Like ``running_server``, but yields the process too, so a test can kill, stop or
+    restart it; a server the test already killed is simply reaped."""
+    port = free_port()
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("REWARDPOINTS_")}
+    workdir = tempfile.mkdtemp(prefix="rewardpoints-server-")
+    log_path = Path(workdir) / "server.log"
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rewardpoints",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ],
+        env={**inherited, **env},
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = ServerProcess(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{server.output()}")
+            try:
+                ready = httpx.get(f"{server.base}/health/ready", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if ready and len(server.worker_pids()) >= (workers if workers > 1 else 0):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server did not become ready:\n{server.output()}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        import signal
+
+        for pid in server.worker_pids():  # a worker the test stopped must hear SIGTERM
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+        if process.poll() is None:
+            process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def restart_throwaway_postgres(data_directory: str) -> None:
+    """``pg_ctl restart -m immediate`` (a crash and recovery) of a server started by
+    ``start_throwaway_postgres``; refuses any other data directory."""
+    data = Path(data_directory)
+    if not data.parent.name.startswith("rewardpoints-pg-"):
+        raise RuntimeError(f"{data} is not a throwaway server's data directory")
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    pg_ctl = candidates[-1] if candidates else shutil.which("pg_ctl")
+    if pg_ctl is None:
+        raise RuntimeError("no pg_ctl found")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run(
+        [
+            *as_user,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-m",
+            "immediate",
+            "-w",
+            "-l",
+            str(data.parent / "log"),
+            "restart",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import Settings
@@ -137,7 +138,7 @@ def sqlstate(error: DBAPIError) -> str | None:
 
 def is_unavailable(error: BaseException) -> bool:
     """Whether an error means the database is unreachable, locked too long or overloaded."""
-    if isinstance(error, DatabaseUnavailable):
+    if isinstance(error, (DatabaseUnavailable, PoolTimeout)):  # PoolTimeout: no free connection
         return True
     if isinstance(error, (ConnectionError, TimeoutError, OSError)):
         return True
@@ -193,7 +194,7 @@ async def run_transaction(
                 if is_unavailable(error):
                     raise DatabaseUnavailable(str(error.orig)) from error
                 raise
-        except (ConnectionError, TimeoutError, OSError) as error:
+        except (ConnectionError, TimeoutError, OSError, PoolTimeout) as error:
             raise DatabaseUnavailable(str(error)) from error
         await asyncio.sleep(0.005 * attempt)
     raise AssertionError("unreachable")
