@@ -28,6 +28,7 @@ TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{2,15}$")
 # Path segments the router owns: a tenant of these names could never be addressed.
 RESERVED_TENANTS = frozenset({"customer", "public"})
 JWKS_MIN_REFRESH_SECONDS = 60.0
+VERIFIED_TOKENS_KEPT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +107,8 @@ class JwksCache:
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
         self.fetch_count = 0
+        # Bumped whenever the key set changes, so verified tokens are checked again.
+        self.generation = 0
 
     async def key_for(self, kid: str | None) -> dict[str, Any] | None:
         key = self._lookup(kid)
@@ -153,6 +156,7 @@ class JwksCache:
             for key in keys
             if isinstance(key, dict) and key.get("use", "sig") == "sig"
         }
+        self.generation += 1
 
 
 class TokenVerifier:
@@ -164,9 +168,25 @@ class TokenVerifier:
         self.audience = settings.jwt_audience
         self.leeway = settings.jwt_leeway_seconds
         self.jwks = jwks or (JwksCache(settings.jwt_jwks_url) if settings.jwt_jwks_url else None)
+        # Tokens already verified, until they expire: a client sends the same token many times,
+        # and verifying a signature costs more than the rest of a balance request.
+        self._verified: dict[str, tuple[Principal, float, int]] = {}
 
     async def principal(self, token: str) -> Principal:
-        return principal_from_claims(await self.verify(token))
+        generation = self.jwks.generation if self.jwks is not None else 0
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires, seen_generation = cached
+            if time.time() <= expires + self.leeway and seen_generation == generation:
+                return principal
+            del self._verified[token]
+        claims = await self.verify(token)
+        principal = principal_from_claims(claims)
+        generation = self.jwks.generation if self.jwks is not None else 0
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            self._verified.clear()
+        self._verified[token] = (principal, float(claims["exp"]), generation)
+        return principal
 
     async def verify(self, token: str) -> dict[str, Any]:
         try:
