@@ -218,9 +218,13 @@ class TokenVerifier:
         except (JOSEError, TypeError, ValueError, OverflowError) as error:
             # python-jose lets int() fail on exp/nbf/iat of the wrong type (null, a list, Infinity).
             raise AuthenticationFailed(str(error)) from error
+        now = time.time()
         issued_at = claims.get("iat")
-        if isinstance(issued_at, int | float) and issued_at > time.time() + self.leeway:
+        if isinstance(issued_at, int | float) and issued_at > now + self.leeway:
             raise AuthenticationFailed("token issued in the future")
+        # python-jose checked exp against its own clock; this one is the clock the cache uses.
+        if float(claims["exp"]) < now - self.leeway:
+            raise AuthenticationFailed("token expired")
         return claims
 
     async def _key_for(self, algorithm: str, kid: Any) -> Any:
