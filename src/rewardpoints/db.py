@@ -111,6 +111,14 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 
 @asynccontextmanager
+async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose every statement commits by itself (for single-statement commands)."""
+    async with engine.connect() as conn:
+        await conn.execution_options(isolation_level="AUTOCOMMIT")
+        yield conn
+
+
+@asynccontextmanager
 async def read_transaction(
     engine: AsyncEngine, *, snapshot: bool = False
 ) -> AsyncIterator[AsyncConnection]:
@@ -167,6 +175,7 @@ async def run_transaction(
     *,
     write: bool = True,
     retry_on_integrity: bool = False,
+    single_statement: bool = False,
 ) -> T:
     """Run ``body`` in one transaction, retrying on deadlock or serialisation failure.
 
@@ -175,6 +184,9 @@ async def run_transaction(
     """
     transaction = write_transaction if write else read_transaction
     hook = _hook.get() if write else None
+    if single_statement and hook is None and engine.dialect.name == "postgresql":
+        # One statement is atomic by itself: no BEGIN and COMMIT round trips around it.
+        transaction = autocommit_connection
     for attempt in range(1, _MAX_ATTEMPTS + 1):
         try:
             async with transaction(engine) as conn:

@@ -31,14 +31,16 @@ from sqlalchemy import (
     literal,
     null,
     select,
+    text,
     union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Site
-from .db import read_transaction, run_transaction
+from .db import read_transaction, run_transaction, sqlstate
 from .errors import (
     CustomerExists,
     CustomerNotFound,
@@ -150,6 +152,11 @@ class Ledger:
         self.engine = engine
         self.sites = sites
         self.clock = clock
+        # On PostgreSQL, add and redeem run as one call of a database function (migration
+        # 0004) holding the customer's lock for one round trip; with the real clock the
+        # function reads the time itself, under the lock.
+        self._in_database = engine.dialect.name == "postgresql"
+        self._database_clock = clock is utcnow
 
     def site(self, site_code: str) -> Site:
         try:
@@ -308,6 +315,8 @@ class Ledger:
     async def add_points(self, tenant: str, customer_id: str, lot: NewLot, site_code: str) -> str:
         """Credit a lot, creating the customer's entry when missing. Returns the lot's id."""
         site = self.site(site_code)
+        if self._in_database:
+            return await self._add_in_database(tenant, customer_id, lot, site)
 
         async def body(conn: AsyncConnection) -> str:
             # The clock is read while holding the customer's lock, so createdAt order is the
@@ -333,6 +342,10 @@ class Ledger:
         """Spend active lots oldest first. Returns the redemption's id."""
         description = redemption.description or DEFAULT_REDEEM_DESCRIPTION
         fingerprint = redemption.fingerprint(customer_id)
+        if self._in_database:
+            return await self._redeem_in_database(
+                tenant, customer_id, redemption, description, fingerprint
+            )
 
         async def body(conn: AsyncConnection) -> str:
             if not await _lock_account(conn, tenant, customer_id):
@@ -486,6 +499,79 @@ class Ledger:
             now = self.clock()
         return now
 
+    # ---- PostgreSQL: the same commands as one function call ---------------------------
+
+    def _database_now(self) -> datetime | None:
+        return None if self._database_clock else self.clock()
+
+    async def _add_in_database(self, tenant: str, customer_id: str, lot: NewLot, site: Site) -> str:
+        new_id = lot.id or str(uuid.uuid4())
+        params = {
+            "tenant": tenant,
+            "customer": customer_id,
+            "id": new_id,
+            "client_id": lot.id is not None,
+            "reference": lot.reference_id,
+            "description": lot.description or DEFAULT_ADD_DESCRIPTION,
+            "points": lot.points,
+            "valid_until": lot.valid_until,
+            "months": site.validity_in_months,
+            "hash": lot.fingerprint(customer_id),
+            "now": self._database_now(),
+        }
+
+        async def body(conn: AsyncConnection) -> str:
+            try:
+                _, lot_id = (await conn.execute(_ADD_CALL, params)).one()
+            except DBAPIError as error:
+                state = sqlstate(error)
+                if state == "RP409":
+                    raise EntryConflict(new_id) from None
+                if state == "RP400":
+                    raise InvalidRequest(
+                        "validUntil must be in the future", field="validUntil"
+                    ) from None
+                raise
+            return str(lot_id)
+
+        return await run_transaction(
+            self.engine, body, retry_on_integrity=True, single_statement=True
+        )
+
+    async def _redeem_in_database(
+        self,
+        tenant: str,
+        customer_id: str,
+        redemption: NewRedemption,
+        description: str,
+        fingerprint: str,
+    ) -> str:
+        redemption_id = redemption.id or str(uuid.uuid4())
+        params = {
+            "tenant": tenant,
+            "customer": customer_id,
+            "id": redemption_id,
+            "client_id": redemption.id is not None,
+            "description": description,
+            "points": redemption.points,
+            "hash": fingerprint,
+            "now": self._database_now(),
+        }
+
+        async def body(conn: AsyncConnection) -> str:
+            outcome, available = (await conn.execute(_REDEEM_CALL, params)).one()
+            if outcome == "not_found":
+                raise CustomerNotFound(customer_id)
+            if outcome == "conflict":
+                raise EntryConflict(redemption_id)
+            if outcome == "insufficient":
+                raise InsufficientPoints(redemption.points, int(available))
+            return redemption_id
+
+        return await run_transaction(
+            self.engine, body, retry_on_integrity=True, single_statement=True
+        )
+
     # ---- helpers -----------------------------------------------------------------------
 
     def _prepare_lot(self, lot: NewLot, customer_id: str, site: Site, now: datetime) -> _Prepared:
@@ -541,6 +627,15 @@ class _Prepared:
 
 
 _KIND_ACCOUNT, _KIND_LOT, _KIND_REDEMPTION = 0, 1, 2
+
+_ADD_CALL = text(
+    "SELECT outcome, entry_id FROM rewardpoints_add(:tenant, :customer, :id, :client_id, "
+    ":reference, :description, :points, :valid_until, :months, :hash, :now)"
+)
+_REDEEM_CALL = text(
+    "SELECT outcome, available FROM rewardpoints_redeem(:tenant, :customer, :id, :client_id, "
+    ":description, :points, :hash, :now)"
+)
 
 _LOT_COLUMNS = (
     lots.c.id,
