@@ -118,6 +118,13 @@ async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConne
         yield conn
 
 
+def single_read(engine: AsyncEngine) -> Any:
+    """A connection for one read statement: without BEGIN/ROLLBACK round trips on PostgreSQL."""
+    if engine.dialect.name == "postgresql":
+        return autocommit_connection(engine)
+    return read_transaction(engine)
+
+
 @asynccontextmanager
 async def read_transaction(
     engine: AsyncEngine, *, snapshot: bool = False

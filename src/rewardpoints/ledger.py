@@ -40,7 +40,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Site
-from .db import read_transaction, run_transaction, sqlstate
+from .db import read_transaction, run_transaction, single_read, sqlstate
 from .errors import (
     CustomerExists,
     CustomerNotFound,
@@ -176,7 +176,7 @@ class Ledger:
         query = select(open_points).where(
             accounts.c.tenant == tenant, accounts.c.customer_id == customer_id
         )
-        async with read_transaction(self.engine) as conn:
+        async with single_read(self.engine) as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise CustomerNotFound(customer_id)
