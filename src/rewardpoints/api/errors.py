@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -303,7 +304,15 @@ def install(app: FastAPI) -> None:
             return unauthorized()
         if error.status_code >= 500:
             return server_error(request, 503 if error.status_code == 503 else 500)
-        return bad_request(request, str(error.detail), status=error.status_code)
+        detail = str(error.detail)
+        # FastAPI answers "There was an error parsing the body" to any body json cannot read.
+        if isinstance(error.__cause__, RecursionError):
+            detail = "Malformed JSON request body: nested too deeply"
+        elif isinstance(error.__cause__, UnicodeDecodeError):
+            detail = "Malformed JSON request body: not valid UTF-8"
+        response = bad_request(request, detail, status=error.status_code)
+        response.headers.update(error.headers or {})  # e.g. Allow, on a 405
+        return response
 
     async def on_database_error(request: Request, error: Exception) -> Response:
         if is_unavailable(error):
@@ -320,5 +329,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(DBAPIError, on_database_error)
+    app.add_exception_handler(PoolTimeout, on_database_error)
     app.add_exception_handler(OSError, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)

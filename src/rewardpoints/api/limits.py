@@ -1,23 +1,49 @@
-"""Request body limit, enforced before the application reads the body."""
+"""Request limits, enforced before the application reads the request: the size of the headers
+and of the request target, a path that is valid UTF-8, and the size of the body."""
 
 from __future__ import annotations
+
+from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import bad_request
 
+# The HTTP server (uvicorn with httptools) enforces no limit of its own on either.
+MAX_HEADER_BYTES = 16 * 1024
+MAX_TARGET_BYTES = 8 * 1024
+
 
 class BodyLimitMiddleware:
-    """Answer 413 to a body over ``max_bytes``, buffering at most ``max_bytes`` of it."""
+    """Answer 431 to headers over ``max_header_bytes``, 414 to a path and query over
+    ``max_target_bytes``, 400 to a path that is not valid UTF-8 once percent-decoded (the
+    server would turn its bytes into U+FFFD, and two different paths into one id), and 413 to a
+    body over ``max_bytes``, buffering at most ``max_bytes`` of it."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        *,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        max_target_bytes: int = MAX_TARGET_BYTES,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
+        self.max_target_bytes = max_target_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        problem = self._request_line_and_headers_problem(scope)
+        if problem is not None:
+            detail, status = problem
+            response = bad_request(Request(scope), detail, status=status)
+            response.headers["Connection"] = "close"
+            await response(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
@@ -53,6 +79,21 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _request_line_and_headers_problem(self, scope: Scope) -> tuple[str, int] | None:
+        header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+        if header_bytes > self.max_header_bytes:
+            return f"Request headers exceed {self.max_header_bytes} bytes", 431
+        raw_path: bytes | None = scope.get("raw_path")
+        path_bytes = len(raw_path) if raw_path is not None else len(scope["path"].encode())
+        if path_bytes + len(scope.get("query_string", b"")) > self.max_target_bytes:
+            return f"Request path and query exceed {self.max_target_bytes} bytes", 414
+        if raw_path is not None:
+            try:
+                unquote_to_bytes(raw_path).decode("utf-8")
+            except UnicodeDecodeError:
+                return "Request path is not valid UTF-8", 400
+        return None
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = bad_request(

@@ -36,28 +36,25 @@ def openapi_builder(app: FastAPI) -> Callable[[], dict[str, Any]]:
 
 
 def _document_framework_errors(schema: dict[str, Any]) -> None:
-    """Request validation answers 400 for any parameter or body, and the body limit answers 413
-    for any body, whether or not a route lists those answers: document them on every operation
-    they can reach."""
+    """Answers that come from the framework and the request limits rather than from a route:
+    400 for any invalid parameter or body, 413 for any body over the limit, 414 and 431 for a
+    request target or headers over theirs. Documented on every operation they can reach."""
     bad_request = {"$ref": "#/components/schemas/BadRequestBody"}
+
+    def answer(description: str) -> dict[str, Any]:
+        return {
+            "description": description,
+            "content": {"application/json": {"schema": bad_request}},
+        }
+
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
             if not isinstance(operation, dict):
                 continue
             responses = operation.setdefault("responses", {})
             if operation.get("parameters") or "requestBody" in operation:
-                responses.setdefault(
-                    "400",
-                    {
-                        "description": "Invalid parameter or body.",
-                        "content": {"application/json": {"schema": bad_request}},
-                    },
-                )
+                responses.setdefault("400", answer("Invalid parameter or body."))
             if "requestBody" in operation:
-                responses.setdefault(
-                    "413",
-                    {
-                        "description": "Request body too large.",
-                        "content": {"application/json": {"schema": bad_request}},
-                    },
-                )
+                responses.setdefault("413", answer("Request body too large."))
+            responses.setdefault("414", answer("Request path and query too long."))
+            responses.setdefault("431", answer("Request headers too large."))

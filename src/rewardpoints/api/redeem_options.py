@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Path, Request
+from pydantic import AfterValidator
 from starlette.responses import Response
 
 from ..auth import RESERVED_TENANTS, Principal
@@ -13,12 +14,17 @@ from ..redeem_options import RedeemOptionStore
 from .deps import ManagePrincipal, RewardsDep, current_principal
 from .errors import VersionConflictBody, responses
 from .idempotency import IdempotencyKey, idempotent
-from .schemas import RedeemOptionIn, RedeemOptionOut, dumps, redeem_option_json
+from .schemas import RedeemOptionIn, RedeemOptionOut, _no_nul, dumps, redeem_option_json
 
 router = APIRouter(prefix="/reward-points", tags=["Redeem Options Management"])
 
 TenantPath = Annotated[str, Path(max_length=64, description="Tenant name.")]
-OptionId = Annotated[str, Path(max_length=255, description="Unique identifier of a redeem option.")]
+OptionId = Annotated[
+    str,
+    Path(max_length=255, description="Unique identifier of a redeem option."),
+    # PostgreSQL refuses a NUL in a text parameter (a 500): refuse it here, with a 400.
+    AfterValidator(_no_nul),
+]
 
 
 async def path_tenant(tenant: TenantPath) -> str:

@@ -27,8 +27,49 @@ from ..rewards import Order
 
 
 def _no_nul(value: str) -> str:
+    """Text that a database and a UTF-8 response can hold: no NUL, and no unpaired surrogate
+    (which a JSON escape such as ``\\ud800`` decodes to)."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode (it has an unpaired surrogate)") from None
+    return value
+
+
+MAX_JSON_DEPTH = 32
+
+
+def _plain_json(value: Any) -> Any:
+    """JSON that is kept and passed on as it came (a coupon template): text as ``_no_nul``
+    wants it, keys included, finite numbers only, and objects and arrays at most
+    ``MAX_JSON_DEPTH`` levels deep, so it can be stored and written out again."""
+    pending: list[tuple[str, Any, int]] = [("", value, 1)]
+    while pending:
+        path, item, depth = pending.pop()
+        where = f"{path}: " if path else ""
+        if isinstance(item, dict | list) and depth > MAX_JSON_DEPTH:
+            raise ValueError(f"{where}nested deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            if isinstance(item, str):
+                _no_nul(item)
+            elif isinstance(item, float):
+                _finite(item)
+        except ValueError as error:
+            raise ValueError(f"{where}{error}") from None
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                name = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str):
+                    try:
+                        _no_nul(key)
+                    except ValueError as error:
+                        raise ValueError(f"{where}a member name {error}") from None
+                pending.append((name, inner, depth + 1))
+        elif isinstance(item, list):
+            pending.extend((f"{path}[{i}]", inner, depth + 1) for i, inner in enumerate(item))
     return value
 
 
@@ -250,6 +291,11 @@ class CouponTemplateIn(BaseModel):
     maxRedemptionsPerCustomer: StrictInt | None = None  # noqa: N815
     restrictions: CouponRestrictionsIn | None = None
     status: Literal["INACTIVE", "VALID", "EXPIRED", "USED"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        return _plain_json(data)
 
     @model_validator(mode="after")
     def _discount_matches_type(self) -> CouponTemplateIn:
