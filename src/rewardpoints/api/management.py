@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response, StreamingResponse
 
+from ..documents import summary_document, summary_documents
 from ..errors import InvalidRequest
-from ..ledger import CustomerSummary
 from .deps import CustomerId, LedgerDep, ManagePrincipal, ViewPrincipal
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
@@ -18,8 +18,6 @@ from .schemas import (
     NewCustomerIn,
     PointsSummaryOut,
     RedeemedPointsIn,
-    dumps,
-    summary_json,
 )
 
 router = APIRouter(prefix="/reward-points", tags=["Reward Points Management"])
@@ -52,25 +50,23 @@ def _integer(value: int) -> Response:
 )
 async def summary_batch(principal: ViewPrincipal, ledger: LedgerDep) -> Response:
     """Every customer of the token's tenant, ordered by `customerId`, streamed as it is read."""
-    summaries = ledger.stream_summaries(principal.tenant)
+    documents = summary_documents(ledger, principal.tenant)
     # Read the first customer before answering, so an unreachable database is a 503, not a
     # broken 200.
-    first = await anext(summaries, None)
-    return StreamingResponse(_json_array(first, summaries), media_type="application/json")
+    first = await anext(documents, None)
+    return StreamingResponse(_json_array(first, documents), media_type="application/json")
 
 
-async def _json_array(
-    first: CustomerSummary | None, rest: AsyncIterator[CustomerSummary]
-) -> AsyncIterator[bytes]:
+async def _json_array(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
         if first is None:
             yield b"[]"
             return
         buffer = bytearray(b"[")
-        buffer += dumps(summary_json(first))
-        async for summary in rest:
+        buffer += first
+        async for document in rest:
             buffer += b","
-            buffer += dumps(summary_json(summary))
+            buffer += document
             if len(buffer) >= _BATCH_FLUSH_BYTES:
                 yield bytes(buffer)
                 buffer.clear()
@@ -153,8 +149,8 @@ async def get_summary(
     principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep
 ) -> Response:
     """Every added and redeemed entry of the customer, oldest first, and the active points."""
-    summary = await ledger.summary(principal.tenant, customer_id)
-    return Response(dumps(summary_json(summary)), media_type="application/json")
+    document = await summary_document(ledger, principal.tenant, customer_id)
+    return Response(document, media_type="application/json")
 
 
 @router.post(

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
+from ..documents import summary_document
 from .deps import CustomerPrincipal, LedgerDep, RewardsDep
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
@@ -17,7 +18,6 @@ from .schemas import (
     RedeemOptionOut,
     dumps,
     redeem_option_json,
-    summary_json,
 )
 
 router = APIRouter(prefix="/reward-points/public", tags=["Signed-In Customer Reward Points"])
@@ -56,8 +56,8 @@ async def get_own_balance(principal: CustomerPrincipal, ledger: LedgerDep) -> Re
 async def get_own_summary(principal: CustomerPrincipal, ledger: LedgerDep) -> Response:
     """Every added and redeemed entry of the signed-in customer, oldest first."""
     assert principal.customer_id is not None
-    summary = await ledger.summary(principal.tenant, principal.customer_id)
-    return _json(summary_json(summary))
+    document = await summary_document(ledger, principal.tenant, principal.customer_id)
+    return Response(document, media_type="application/json")
 
 
 @router.get(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -21,7 +20,12 @@ from pydantic import (
 )
 
 from ..config import MAX_POINTS
-from ..ledger import AwardedOrder, CustomerSummary, Lot, NewLot, NewRedemption, Redemption
+from ..documents import dumps as dumps
+from ..documents import lot_json as lot_json
+from ..documents import redemption_json as redemption_json
+from ..documents import summary_json as summary_json
+from ..documents import timestamp as timestamp
+from ..ledger import AwardedOrder, NewLot, NewRedemption
 from ..redeem_options import RedeemOption, RedeemOptionContent
 from ..rewards import Order
 
@@ -181,50 +185,6 @@ class PointsSummaryOut(BaseModel):
     customerId: str  # noqa: N815
     activePoints: int  # noqa: N815
     summary: CustomerSummaryOut
-
-
-def timestamp(moment: datetime) -> str:
-    """``2023-05-11T18:32:18.591+00:00``: UTC, milliseconds, explicit offset."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
-
-
-def lot_json(lot: Lot) -> dict[str, Any]:
-    return {
-        "id": lot.id,
-        "reference-id": lot.reference_id,
-        "description": lot.description,
-        "points": lot.points,
-        "createdAt": timestamp(lot.created_at),
-        "allPointsAfterCreation": lot.all_points_after_creation,
-        "usedPoints": lot.used_points,
-        "validUntil": timestamp(lot.valid_until),
-        "usedWith": lot.used_with,
-    }
-
-
-def redemption_json(redemption: Redemption) -> dict[str, Any]:
-    return {
-        "id": redemption.id,
-        "description": redemption.description,
-        "points": redemption.points,
-        "createdAt": timestamp(redemption.created_at),
-        "allPointsAfterCreation": redemption.all_points_after_creation,
-    }
-
-
-def summary_json(summary: CustomerSummary) -> dict[str, Any]:
-    return {
-        "customerId": summary.customer_id,
-        "activePoints": summary.active_points,
-        "summary": {
-            "addedPointsList": [lot_json(lot) for lot in summary.lots],
-            "redeemedPointsList": [redemption_json(r) for r in summary.redemptions],
-        },
-    }
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 # ---- redeem options, the signed-in customer's redeem, orders ---------------------------------
