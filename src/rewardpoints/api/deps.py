@@ -53,7 +53,7 @@ def employee_with(scopes: tuple[str, ...]) -> Callable[..., Awaitable[Principal]
     return dependency
 
 
-def get_ledger(request: Request) -> Ledger:
+async def get_ledger(request: Request) -> Ledger:
     ledger: Ledger = request.app.state.ledger
     return ledger
 
@@ -97,7 +97,7 @@ async def customer_principal(
     return principal
 
 
-def get_rewards(request: Request) -> Rewards:
+async def get_rewards(request: Request) -> Rewards:
     rewards: Rewards = request.app.state.rewards
     return rewards
 
