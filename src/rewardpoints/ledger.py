@@ -321,18 +321,7 @@ class Ledger:
         async def body(conn: AsyncConnection) -> str:
             # The clock is read while holding the customer's lock, so createdAt order is the
             # order in which writes were applied and allPointsAfterCreation a running balance.
-            if await _lock_account(conn, tenant, customer_id):
-                now = self.clock()
-            else:
-                now = self.clock()
-                created = await conn.execute(
-                    _insert_ignore(conn, accounts)
-                    .values(tenant=tenant, customer_id=customer_id, created_at=now)
-                    .returning(accounts.c.customer_id)
-                )
-                if created.first() is None:  # a concurrent write created it: wait our turn
-                    await _lock_account(conn, tenant, customer_id)
-                    now = self.clock()
+            now = await self._lock_or_create_account(conn, tenant, customer_id)
             prepared = self._prepare_lot(lot, customer_id, site, now)
             return await self._write_lot(conn, tenant, customer_id, prepared, now)
 
