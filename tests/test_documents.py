@@ -16,7 +16,7 @@ async def test_summary_bytes_are_compact_json_with_every_character_escaped_alike
     url = "/reward-points/customer/cust%C3%A4%22'"
     await client.post(
         f"{url}/addPoints",
-        json={"points": 9, "description": AWKWARD, "reference-id": AWKWARD, "id": "i\\d\"1"},
+        json={"points": 9, "description": AWKWARD, "reference-id": AWKWARD, "id": 'i\\d"1'},
         headers=headers,
     )
     await client.post(

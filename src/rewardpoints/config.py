@@ -37,6 +37,8 @@ class Settings(BaseSettings):
 
     database_url: str = DEFAULT_DATABASE_URL
     database_pool_size: int = Field(default=10, ge=1)
+    # Waiting longer than this for a free connection answers 503.
+    database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     # Waiting longer than this for one customer's lock answers 503 instead of hanging.
     lock_timeout_ms: int = Field(default=5000, ge=1)
 

@@ -69,7 +69,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_pre_ping=True,
-        pool_timeout=10,
+        pool_timeout=settings.database_pool_timeout_seconds,
         connect_args={
             "timeout": 5,
             "command_timeout": 60,
