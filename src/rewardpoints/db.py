@@ -9,7 +9,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -48,10 +48,6 @@ _RETRY_SQLSTATES = {"40001", "40P01"}
 # ... and those that mean "the database is not usable right now".
 _UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
 _MAX_ATTEMPTS = 5
-
-
-def is_sqlite(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ..auth import MANAGE_SCOPES, VIEW_SCOPES, Principal, TokenVerifier
@@ -104,3 +104,7 @@ async def get_rewards(request: Request) -> Rewards:
 
 CustomerPrincipal = Annotated[Principal, Depends(customer_principal)]
 RewardsDep = Annotated[Rewards, Depends(get_rewards)]
+SiteCode = Annotated[
+    str,
+    Query(min_length=1, max_length=64, description="Site code, defined when a site is created."),
+]

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from ..db import is_unavailable
+from ..documents import dumps
 from ..errors import (
     AuthenticationFailed,
     CouponIssueFailed,
@@ -33,7 +34,6 @@ from ..errors import (
     Unavailable,
     VersionConflict,
 )
-from .schemas import dumps
 
 log = logging.getLogger("rewardpoints")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Request
 from starlette.responses import Response, StreamingResponse
 
 from ..documents import summary_document, summary_documents
 from ..errors import InvalidRequest
-from .deps import CustomerId, LedgerDep, ManagePrincipal, ViewPrincipal
+from .deps import CustomerId, LedgerDep, ManagePrincipal, SiteCode, ViewPrincipal
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
@@ -22,14 +22,6 @@ from .schemas import (
 
 router = APIRouter(prefix="/reward-points", tags=["Reward Points Management"])
 
-SiteCode = Annotated[
-    str,
-    Query(
-        min_length=1,
-        max_length=64,
-        description="Site code, defined when a site is created.",
-    ),
-]
 _BATCH_FLUSH_BYTES = 64 * 1024
 
 

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
+from ..documents import dumps
 from ..ledger import AwardedOrder
-from .deps import CustomerId, ManagePrincipal, RewardsDep
+from .deps import CustomerId, ManagePrincipal, RewardsDep, SiteCode
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
-from .schemas import OrderAwardOut, OrderIn, dumps, order_award_json
+from .schemas import OrderAwardOut, OrderIn, order_award_json
 
 router = APIRouter(prefix="/reward-points", tags=["Reward Points Management"])
-
-SiteCode = Annotated[
-    str,
-    Query(min_length=1, max_length=64, description="Site code, defined when a site is created."),
-]
 
 
 @router.post(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
-from ..documents import summary_document
-from .deps import CustomerPrincipal, LedgerDep, RewardsDep
+from ..documents import dumps, summary_document
+from .deps import CustomerPrincipal, LedgerDep, RewardsDep, SiteCode
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
@@ -16,16 +16,10 @@ from .schemas import (
     RedeemCouponOut,
     RedeemIn,
     RedeemOptionOut,
-    dumps,
     redeem_option_json,
 )
 
 router = APIRouter(prefix="/reward-points/public", tags=["Signed-In Customer Reward Points"])
-
-SiteCode = Annotated[
-    str,
-    Query(min_length=1, max_length=64, description="Site code, defined when a site is created."),
-]
 
 
 def _json(body: Any) -> Response:

@@ -9,12 +9,13 @@ from pydantic import AfterValidator
 from starlette.responses import Response
 
 from ..auth import RESERVED_TENANTS, Principal
+from ..documents import dumps
 from ..errors import Forbidden, InvalidRequest, ResourceNotFound
 from ..redeem_options import RedeemOptionStore
 from .deps import ManagePrincipal, RewardsDep, current_principal
 from .errors import VersionConflictBody, responses
 from .idempotency import IdempotencyKey, idempotent
-from .schemas import RedeemOptionIn, RedeemOptionOut, _no_nul, dumps, redeem_option_json
+from .schemas import RedeemOptionIn, RedeemOptionOut, _no_nul, redeem_option_json
 
 router = APIRouter(prefix="/reward-points", tags=["Redeem Options Management"])
 

@@ -20,11 +20,6 @@ from pydantic import (
 )
 
 from ..config import MAX_POINTS
-from ..documents import dumps as dumps
-from ..documents import lot_json as lot_json
-from ..documents import redemption_json as redemption_json
-from ..documents import summary_json as summary_json
-from ..documents import timestamp as timestamp
 from ..ledger import AwardedOrder, NewLot, NewRedemption
 from ..redeem_options import RedeemOption, RedeemOptionContent
 from ..rewards import Order
