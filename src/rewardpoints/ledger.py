@@ -40,7 +40,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Site
-from .db import read_transaction, run_transaction, single_read, sqlstate
+from .db import active_transaction_hook, read_transaction, run_transaction, single_read, sqlstate
+from .direct import Direct, StatementError
 from .errors import (
     CustomerExists,
     CustomerNotFound,
@@ -157,6 +158,8 @@ class Ledger:
         # function reads the time itself, under the lock.
         self._in_database = engine.dialect.name == "postgresql"
         self._database_clock = clock is utcnow
+        # ... and those calls and the balance read go straight to the driver (direct.py).
+        self._direct = Direct(engine) if self._in_database else None
 
     def site(self, site_code: str) -> Site:
         try:
@@ -168,6 +171,11 @@ class Ledger:
 
     async def balance(self, tenant: str, customer_id: str) -> int:
         now = self.clock()
+        if self._direct is not None:
+            row = await self._direct.fetchrow(_BALANCE_SQL, tenant, customer_id, now)
+            if row is None:
+                raise CustomerNotFound(customer_id)
+            return int(row[0])
         open_points = (
             select(func.coalesce(func.sum(lots.c.points - lots.c.used_points), 0))
             .where(_open_lots_of(tenant, customer_id, now))
@@ -508,18 +516,20 @@ class Ledger:
             "hash": lot.fingerprint(customer_id),
             "now": self._database_now(),
         }
+        if self._direct is not None and active_transaction_hook() is None:
+            try:
+                row = await self._direct.fetchrow(_ADD_SQL, *params.values(), retry_on_unique=True)
+            except StatementError as error:
+                _raise_add_refusal(error.sqlstate, new_id)
+                raise
+            assert row is not None
+            return str(row[1])
 
         async def body(conn: AsyncConnection) -> str:
             try:
                 _, lot_id = (await conn.execute(_ADD_CALL, params)).one()
             except DBAPIError as error:
-                state = sqlstate(error)
-                if state == "RP409":
-                    raise EntryConflict(new_id) from None
-                if state == "RP400":
-                    raise InvalidRequest(
-                        "validUntil must be in the future", field="validUntil"
-                    ) from None
+                _raise_add_refusal(sqlstate(error), new_id)
                 raise
             return str(lot_id)
 
@@ -547,8 +557,7 @@ class Ledger:
             "now": self._database_now(),
         }
 
-        async def body(conn: AsyncConnection) -> str:
-            outcome, available = (await conn.execute(_REDEEM_CALL, params)).one()
+        def answer(outcome: str, available: int) -> str:
             if outcome == "not_found":
                 raise CustomerNotFound(customer_id)
             if outcome == "conflict":
@@ -556,6 +565,15 @@ class Ledger:
             if outcome == "insufficient":
                 raise InsufficientPoints(redemption.points, int(available))
             return redemption_id
+
+        if self._direct is not None and active_transaction_hook() is None:
+            row = await self._direct.fetchrow(_REDEEM_SQL, *params.values(), retry_on_unique=True)
+            assert row is not None
+            return answer(row[0], row[1])
+
+        async def body(conn: AsyncConnection) -> str:
+            outcome, available = (await conn.execute(_REDEEM_CALL, params)).one()
+            return answer(outcome, available)
 
         return await run_transaction(
             self.engine, body, retry_on_integrity=True, single_statement=True
@@ -625,6 +643,27 @@ _REDEEM_CALL = text(
     "SELECT outcome, available FROM rewardpoints_redeem(:tenant, :customer, :id, :client_id, "
     ":description, :points, :hash, :now)"
 )
+
+# The same calls and the balance read in asyncpg's numbered parameters, in the order of the
+# params dicts above (direct.py).
+_ADD_SQL = (
+    "SELECT outcome, entry_id FROM rewardpoints_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+)
+_REDEEM_SQL = "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7, $8)"
+_BALANCE_SQL = (
+    "SELECT COALESCE((SELECT SUM(points - used_points) FROM lots"
+    " WHERE tenant = $1 AND customer_id = $2 AND used_points < points AND valid_until > $3),"
+    " 0)::bigint FROM accounts WHERE tenant = $1 AND customer_id = $2"
+)
+
+
+def _raise_add_refusal(state: str | None, entry_id: str) -> None:
+    """The refusals rewardpoints_add raises (migration 0004) as the ledger's errors."""
+    if state == "RP409":
+        raise EntryConflict(entry_id) from None
+    if state == "RP400":
+        raise InvalidRequest("validUntil must be in the future", field="validUntil") from None
+
 
 _LOT_COLUMNS = (
     lots.c.id,

@@ -1,0 +1,89 @@
+"""The busiest statements, sent straight through asyncpg on PostgreSQL.
+
+A balance read, an addPoints and a redeemPoints are one statement each on PostgreSQL (the last
+two call the database functions of migration 0004). Executed through SQLAlchemy, such a
+statement costs about three times the CPU of the statement itself in asyncpg: the
+compiled-statement cache lookup, parameter and result processing, and the adapter's own
+prepared-statement bookkeeping. Here the connection still comes from the engine's pool (one pool,
+one set of limits, disposed with the engine), but the statement goes to the driver, which
+prepares it once per connection and keeps it.
+
+Without a transaction around it each statement commits by itself, which is what these
+single-statement commands need. Errors come out as the rest of the ledger's do: a deadlock or
+serialisation failure is retried, a lost connection is discarded from the pool and answered
+503, and the database functions' own SQLSTATEs reach the caller as ``StatementError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .db import is_unavailable
+from .errors import DatabaseUnavailable
+
+_RETRY_SQLSTATES = {"40001", "40P01"}
+_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
+_MAX_ATTEMPTS = 5
+
+
+class StatementError(Exception):
+    """The database refused the statement with ``sqlstate`` (e.g. a function's RAISE)."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class Direct:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def fetchrow(
+        self, sql: str, *args: Any, retry_on_unique: bool = False
+    ) -> asyncpg.Record | None:
+        """Run one statement in a transaction of its own and return its first row.
+
+        With ``retry_on_unique`` a unique-key race between two new rows is retried too: the
+        second attempt sees the row the other one committed.
+        """
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            try:
+                return await self._fetchrow_once(sql, args)
+            except asyncpg.PostgresError as error:
+                state = error.sqlstate or ""
+                retry = state in _RETRY_SQLSTATES or (retry_on_unique and state == "23505")
+                if not retry or attempt == _MAX_ATTEMPTS:
+                    if state.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+                        raise DatabaseUnavailable(str(error)) from error
+                    raise StatementError(state, str(error)) from error
+            await asyncio.sleep(0.005 * attempt)
+        raise AssertionError("unreachable")
+
+    async def _fetchrow_once(self, sql: str, args: tuple[Any, ...]) -> asyncpg.Record | None:
+        try:
+            async with self.engine.connect() as conn:
+                fairy = await conn.get_raw_connection()
+                driver: asyncpg.Connection = fairy.driver_connection
+                try:
+                    return await driver.fetchrow(sql, *args)
+                except asyncpg.PostgresError as error:
+                    if (error.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+                        await conn.invalidate()
+                    raise
+                except BaseException:
+                    # The connection's state is unknown (closed, timed out, cancelled half-way):
+                    # it must not go back to the pool.
+                    await conn.invalidate()
+                    raise
+        except asyncpg.PostgresError:
+            raise
+        except (DBAPIError, PoolTimeout, asyncpg.InterfaceError, OSError, TimeoutError) as error:
+            if isinstance(error, DBAPIError) and not is_unavailable(error):
+                raise
+            raise DatabaseUnavailable(str(error)) from error
