@@ -38,7 +38,12 @@ def create_app(
 ) -> FastAPI:
     settings = settings or Settings()
     engine = create_engine(settings)
-    ledger = Ledger(engine, settings.sites(), clock or utcnow)
+    ledger = Ledger(
+        engine,
+        settings.sites(),
+        clock or utcnow,
+        lock_timeout_seconds=settings.lock_timeout_ms / 1000,
+    )
     verifier = TokenVerifier(settings, jwks=jwks)
 
     idempotency = IdempotencyStore(

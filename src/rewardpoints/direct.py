@@ -17,6 +17,8 @@ serialisation failure is retried, a lost connection is discarded from the pool a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -40,18 +42,72 @@ class StatementError(Exception):
         self.sqlstate = sqlstate
 
 
+class KeyedGate:
+    """One holder at a time per key, in this process; the others wait their turn (FIFO).
+
+    Writes of one customer queue on the customer's row lock in the database anyway. Letting
+    only one of them per worker into the database at a time means the database sees at most
+    one waiter per worker instead of one per connection: a waiter costs nothing here, while in
+    the database every commit wakes the waiters of the row.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._gates: dict[Hashable, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        """Wait at most ``timeout`` seconds for the key, as for a lock in the database."""
+        entry = self._gates.get(key)
+        if entry is None:
+            entry = self._gates[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await lock.acquire()
+            except TimeoutError:
+                raise DatabaseUnavailable("timed out waiting for the customer's lock") from None
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._gates[key]
+
+    def __len__(self) -> int:
+        return len(self._gates)
+
+
 class Direct:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, lock_timeout_seconds: float) -> None:
         self.engine = engine
+        self.gate = KeyedGate(lock_timeout_seconds)
 
     async def fetchrow(
-        self, sql: str, *args: Any, retry_on_unique: bool = False
+        self,
+        sql: str,
+        *args: Any,
+        retry_on_unique: bool = False,
+        one_at_a_time: Hashable | None = None,
     ) -> asyncpg.Record | None:
         """Run one statement in a transaction of its own and return its first row.
 
         With ``retry_on_unique`` a unique-key race between two new rows is retried too: the
-        second attempt sees the row the other one committed.
+        second attempt sees the row the other one committed. Statements with the same
+        ``one_at_a_time`` key run one after the other in this process (``KeyedGate``).
         """
+        if one_at_a_time is None:
+            return await self._fetchrow(sql, args, retry_on_unique)
+        async with self.gate.hold(one_at_a_time):
+            return await self._fetchrow(sql, args, retry_on_unique)
+
+    async def _fetchrow(
+        self, sql: str, args: tuple[Any, ...], retry_on_unique: bool
+    ) -> asyncpg.Record | None:
         for attempt in range(1, _MAX_ATTEMPTS + 1):
             try:
                 return await self._fetchrow_once(sql, args)

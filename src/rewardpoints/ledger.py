@@ -149,7 +149,14 @@ def active_points(lot_list: Sequence[Lot], now: datetime) -> int:
 
 
 class Ledger:
-    def __init__(self, engine: AsyncEngine, sites: dict[str, Site], clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        sites: dict[str, Site],
+        clock: Clock = utcnow,
+        *,
+        lock_timeout_seconds: float = 5.0,
+    ) -> None:
         self.engine = engine
         self.sites = sites
         self.clock = clock
@@ -159,7 +166,7 @@ class Ledger:
         self._in_database = engine.dialect.name == "postgresql"
         self._database_clock = clock is utcnow
         # ... and those calls and the balance read go straight to the driver (direct.py).
-        self._direct = Direct(engine) if self._in_database else None
+        self._direct = Direct(engine, lock_timeout_seconds) if self._in_database else None
 
     def site(self, site_code: str) -> Site:
         try:
@@ -518,7 +525,12 @@ class Ledger:
         }
         if self._direct is not None and active_transaction_hook() is None:
             try:
-                row = await self._direct.fetchrow(_ADD_SQL, *params.values(), retry_on_unique=True)
+                row = await self._direct.fetchrow(
+                    _ADD_SQL,
+                    *params.values(),
+                    retry_on_unique=True,
+                    one_at_a_time=(tenant, customer_id),
+                )
             except StatementError as error:
                 _raise_add_refusal(error.sqlstate, new_id)
                 raise
@@ -567,7 +579,12 @@ class Ledger:
             return redemption_id
 
         if self._direct is not None and active_transaction_hook() is None:
-            row = await self._direct.fetchrow(_REDEEM_SQL, *params.values(), retry_on_unique=True)
+            row = await self._direct.fetchrow(
+                _REDEEM_SQL,
+                *params.values(),
+                retry_on_unique=True,
+                one_at_a_time=(tenant, customer_id),
+            )
             assert row is not None
             return answer(row[0], row[1])
 

@@ -1,0 +1,129 @@
+"""PostgreSQL's fast path (direct.py): pooled connections the server closed are replaced without
+a failed request, and writes of one customer queue in the worker for at most the lock timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from rewardpoints.app import create_app
+
+from .conftest import make_settings
+
+
+@pytest.fixture
+async def pg_app(pg_url: str) -> AsyncIterator[Any]:
+    application = create_app(make_settings(pg_url, lock_timeout_ms=300))
+    yield application
+    await application.state.ledger.engine.dispose()
+
+
+@pytest.fixture
+async def pg_client(pg_app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=pg_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+async def _terminate_backends_of(pg_url: str, pids: list[int]) -> int:
+    url = make_url(pg_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM unnest($1::int[]) AS pid WHERE pg_terminate_backend(pid)", pids
+        )
+        return len(rows)
+    finally:
+        await conn.close()
+
+
+async def _pooled_backend_pids(client: httpx.AsyncClient, app: Any, headers: Any) -> list[int]:
+    """Open several pooled connections at once and return their server process ids."""
+    engine = app.state.ledger.engine
+    pids: list[int] = []
+
+    async def one() -> None:
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            pids.append(raw.driver_connection.get_server_pid())
+            await asyncio.sleep(0.05)  # overlap, so the pool opens several
+
+    await asyncio.gather(*(one() for _ in range(4)))
+    return sorted(set(pids))
+
+
+async def test_idle_connections_the_server_closed_are_replaced_without_a_failed_request(
+    pg_client: httpx.AsyncClient, pg_app: Any, pg_url: str, tenant: str, headers: Any
+) -> None:
+    customer = "c-closed"
+    created = await pg_client.post(
+        f"/reward-points/customer/{customer}/addPoints", json={"points": 7}, headers=headers
+    )
+    assert created.status_code == 201
+    pids = await _pooled_backend_pids(pg_client, pg_app, headers)
+    assert len(pids) >= 2
+    assert await _terminate_backends_of(pg_url, pids) == len(pids)
+    await asyncio.sleep(0.3)  # the servers' goodbyes arrive while the connections sit idle
+
+    # Every idle connection of the pool is dead now: each request still succeeds.
+    answers = await asyncio.gather(
+        *(pg_client.get(f"/reward-points/customer/{customer}", headers=headers) for _ in range(6)),
+        pg_client.post(
+            f"/reward-points/customer/{customer}/redeemPoints",
+            json={"points": 2},
+            headers=headers,
+        ),
+        pg_client.post(
+            f"/reward-points/customer/{customer}/addPoints", json={"points": 1}, headers=headers
+        ),
+    )
+    assert [answer.status_code for answer in answers] == [200] * 6 + [201, 201]
+    balance = await pg_client.get(f"/reward-points/customer/{customer}", headers=headers)
+    assert balance.json() == 7 - 2 + 1
+    assert not set(await _pooled_backend_pids(pg_client, pg_app, headers)) & set(pids)
+
+
+async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
+    pg_client: httpx.AsyncClient, pg_app: Any, tenant: str, headers: Any
+) -> None:
+    customer = "c-queued"
+    path = f"/reward-points/customer/{customer}"
+    assert (
+        await pg_client.post(f"{path}/addPoints", json={"points": 10}, headers=headers)
+    ).status_code == 201
+    gate = pg_app.state.ledger._direct.gate
+
+    async with gate.hold((tenant, customer)):
+        started = asyncio.get_running_loop().time()
+        refused = await pg_client.post(f"{path}/redeemPoints", json={"points": 3}, headers=headers)
+        waited = asyncio.get_running_loop().time() - started
+        # Another customer's writes do not wait.
+        other = await pg_client.post(
+            "/reward-points/customer/c-other/addPoints", json={"points": 1}, headers=headers
+        )
+    assert refused.status_code == 503
+    assert refused.json()["status"] == 503
+    assert 0.25 <= waited < 3
+    assert other.status_code == 201
+    # Refused before it reached the database: nothing was spent.
+    assert (await pg_client.get(path, headers=headers)).json() == 10
+    assert len(gate) == 0
+
+    # Queued writes of one customer all run, one after the other, and leave no gate behind.
+    answers = await asyncio.gather(
+        *(
+            pg_client.post(f"{path}/redeemPoints", json={"points": 1}, headers=headers)
+            for _ in range(10)
+        )
+    )
+    assert [answer.status_code for answer in answers] == [201] * 10
+    assert (await pg_client.get(path, headers=headers)).json() == 0
+    assert len(gate) == 0
