@@ -468,7 +468,7 @@ def start_service(config: Config, workdir: Path) -> Server:
     )
 
 
-def start_bare(workdir: Path) -> Server:
+def start_bare(config: Config, workdir: Path) -> Server:
     # The settings `rewardpoints serve` gives uvicorn.run: workers, no access log, proxy
     # headers, log level info; the rest are uvicorn's defaults there and here.
     return Server(
@@ -479,7 +479,8 @@ def start_bare(workdir: Path) -> Server:
             str(BENCH_DIR),
             *f"--workers {WORKERS} --no-access-log --proxy-headers --log-level info".split(),
         ],
-        dict(os.environ),
+        dict(os.environ)
+        | {"BENCH_BASELINE_DSN": config.database_url.replace("postgresql+asyncpg", "postgresql")},
         workdir,
         "/value",
     )
@@ -954,11 +955,23 @@ def run(config: Config) -> dict[str, Any]:
         results["pgbench"] = run_pgbench(config, workdir)
 
     if "bare" in config.parts:
-        with running(start_bare(workdir)) as bare:
+        with running(start_bare(config, workdir)) as bare:
             results["bare"] = measure(
                 config,
                 bare,
                 Scenario("bare", "bare FastAPI GET (constant integer)", "fixed", "/value"),
+                mint(TENANT),
+                database_checkpoint=False,
+            )
+            results["roundtrip"] = measure(
+                config,
+                bare,
+                Scenario(
+                    "roundtrip",
+                    "bare FastAPI GET + one asyncpg round trip (SELECT 1)",
+                    "fixed",
+                    "/roundtrip",
+                ),
                 mint(TENANT),
                 database_checkpoint=False,
             )
@@ -1059,6 +1072,12 @@ def table_rows(results: dict[str, Result], batch: dict[str, Any]) -> list[dict[s
         add(pg, "tps", "—", "—", "—", "baseline")
     if bare:
         add(bare, "rps", "—", "—", "—", "baseline")
+    roundtrip = results.get("roundtrip")
+    if roundtrip:
+        floor = (
+            f"{roundtrip.rate / bare.rate:.2f}" if bare and bare.rate and roundtrip.rate else "—"
+        )
+        add(roundtrip, "rps", "bare FastAPI rps", floor, "—", "reference")
 
     def versus_rate(key: str, base: Result | None, base_name: str, minimum: float) -> None:
         r = results.get(key)
@@ -1075,6 +1094,22 @@ def table_rows(results: dict[str, Result], batch: dict[str, Any]) -> list[dict[s
         add(r, "rps", base_name, f"{ratio:.2f}", target, _verdict(ok))
 
     versus_rate("balance", bare, "bare FastAPI rps", 0.50)
+    balance = results.get("balance")
+    if balance and roundtrip and roundtrip.rate and balance.rate:
+        rows.append(
+            _row(
+                "… GET balance vs the round-trip reference",
+                str(balance.connections),
+                "—",
+                "—",
+                "—",
+                "—",
+                "bare FastAPI + SELECT 1 rps",
+                f"{balance.rate / roundtrip.rate:.2f}",
+                "—",
+                "reference",
+            )
+        )
     versus_rate("add", pg, "pgbench tps", 0.50)
     versus_rate("redeem", pg, "pgbench tps", 0.50)
     versus_rate("hot", pg, "pgbench tps", 0.25)
