@@ -26,6 +26,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     func,
     insert,
     literal,
@@ -669,7 +670,7 @@ _ADD_SQL = (
 _REDEEM_SQL = "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7, $8)"
 _BALANCE_SQL = (
     "SELECT COALESCE((SELECT SUM(points - used_points) FROM lots"
-    " WHERE tenant = $1 AND customer_id = $2 AND used_points < points AND valid_until > $3),"
+    " WHERE tenant = $1 AND customer_id = $2 AND NOT used_up AND valid_until > $3),"
     " 0)::bigint FROM accounts WHERE tenant = $1 AND customer_id = $2"
 )
 
@@ -709,7 +710,7 @@ def _open_lots_of(tenant: str, customer_id: str, now: datetime) -> Any:
     return and_(
         lots.c.tenant == tenant,
         lots.c.customer_id == customer_id,
-        lots.c.used_points < lots.c.points,
+        lots.c.used_up == false(),
         lots.c.valid_until > now,
     )
 

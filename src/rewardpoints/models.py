@@ -7,8 +7,10 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
+    Computed,
     DateTime,
     ForeignKeyConstraint,
     Index,
@@ -82,6 +84,9 @@ lots = Table(
     Column("valid_until", UTCDateTime, nullable=False),
     Column("all_points_after_creation", BigInteger, nullable=False),
     Column("request_hash", String(64), nullable=False),
+    # True once every point is spent; changes once in a lot's life, so the index of open lots
+    # below does not stop PostgreSQL from updating a lot in place (migration 0005).
+    Column("used_up", Boolean, Computed("used_points >= points"), nullable=False),
     CheckConstraint("points > 0", name="points_positive"),
     CheckConstraint("used_points >= 0 AND used_points <= points", name="used_within_points"),
     ForeignKeyConstraint(
@@ -95,8 +100,8 @@ lots = Table(
         "customer_id",
         "created_at",
         "id",
-        postgresql_where=text("used_points < points"),
-        sqlite_where=text("used_points < points"),
+        postgresql_where=text("NOT used_up"),
+        sqlite_where=text("used_up = 0"),
     ),
 )
 

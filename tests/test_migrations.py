@@ -1,0 +1,175 @@
+"""The migrations on both databases: lots written before revision 0005 keep their points and get
+the right ``used_up`` flag, the ledger reads and spends them after the upgrade, and the
+revision can be undone and redone."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import insert, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from rewardpoints.cli import migrations_dir
+from rewardpoints.db import create_engine
+from rewardpoints.errors import InsufficientPoints
+from rewardpoints.ledger import Ledger, NewRedemption, utcnow
+from rewardpoints.models import accounts, lots
+
+from .conftest import _admin, make_settings
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+_PG_INDEX_DEFINITION = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_lots_customer_open'"
+
+
+def _alembic(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = url
+    return config
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database with no schema at all."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'migrations.db'}"
+        return
+    server = request.getfixturevalue("pg_server_url")
+    name = f"rp_migrations_{secrets.token_hex(4)}"
+    asyncio.run(_admin(server, f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(_admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def _engine(url: str) -> AsyncEngine:
+    """The service's own engine for ``url``."""
+    return create_engine(make_settings(url))
+
+
+async def _seed_at_0004(url: str) -> None:
+    engine = _engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(accounts).values(tenant="t", customer_id="c", created_at=NOW))
+            for number, (points, used) in enumerate(((10, 10), (20, 5), (30, 0)), start=1):
+                await conn.execute(
+                    insert(lots).values(
+                        tenant="t",
+                        id=f"lot{number}",
+                        customer_id="c",
+                        description="d",
+                        points=points,
+                        used_points=used,
+                        created_at=NOW - timedelta(minutes=10 - number),
+                        valid_until=NOW + timedelta(days=365),
+                        all_points_after_creation=0,
+                        request_hash="h",
+                    )
+                )
+    finally:
+        await engine.dispose()
+
+
+async def _used_up(url: str) -> dict[str, bool]:
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(text("SELECT id, used_up FROM lots ORDER BY id"))
+            return {row[0]: bool(row[1]) for row in rows}
+    finally:
+        await engine.dispose()
+
+
+async def _has_column(url: str, column: str) -> bool:
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            try:
+                await conn.execute(text(f"SELECT {column} FROM lots LIMIT 1"))
+            except Exception:
+                return False
+            return True
+    finally:
+        await engine.dispose()
+
+
+async def _open_lots_after_downgrade(url: str) -> int:
+    """Revision 0004's open-lot index is back; on PostgreSQL its functions spend the lots."""
+    engine = _engine(url)
+    try:
+        async with engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                definition = (
+                    await conn.execute(
+                        text("SELECT sql FROM sqlite_master WHERE name = 'ix_lots_customer_open'")
+                    )
+                ).scalar_one()
+                assert "used_points < points" in definition
+            else:
+                definition = (await conn.execute(text(_PG_INDEX_DEFINITION))).scalar_one()
+                assert "(used_points < points)" in definition
+                outcome = (
+                    await conn.execute(
+                        text(
+                            "SELECT outcome, available FROM rewardpoints_redeem("
+                            "'t', 'c', 'r-down', true, 'd', 5, 'h', NULL)"
+                        )
+                    )
+                ).one()
+                assert tuple(outcome) == ("redeemed", 20)
+                await conn.execute(text("DELETE FROM lot_usages WHERE redemption_id = 'r-down'"))
+                await conn.execute(text("DELETE FROM redemptions WHERE id = 'r-down'"))
+                await conn.execute(
+                    text("UPDATE lots SET used_points = used_points - 5 WHERE id = 'lot3'")
+                )
+            open_points = await conn.execute(
+                text("SELECT SUM(points - used_points) FROM lots WHERE used_points < points")
+            )
+            return int(open_points.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+async def _spend(url: str, points: int) -> int:
+    """Redeem ``points`` through the ledger and return the balance left."""
+    ledger = Ledger(_engine(url), make_settings(url).sites(), utcnow)
+    try:
+        await ledger.redeem_points("t", "c", NewRedemption(points=points))
+        return await ledger.balance("t", "c")
+    finally:
+        await ledger.engine.dispose()
+
+
+def test_revision_0005_keeps_the_lots_flags_the_spent_ones_and_can_be_undone(
+    empty_url: str,
+) -> None:
+    config = _alembic(empty_url)
+    command.upgrade(config, "0004")
+    asyncio.run(_seed_at_0004(empty_url))
+
+    command.upgrade(config, "head")
+    assert asyncio.run(_used_up(empty_url)) == {"lot1": True, "lot2": False, "lot3": False}
+    # 15 + 30 open; spending 20 finishes lot2 (FIFO) and the flag follows.
+    assert asyncio.run(_spend(empty_url, 20)) == 25
+    assert asyncio.run(_used_up(empty_url)) == {"lot1": True, "lot2": True, "lot3": False}
+    with pytest.raises(InsufficientPoints):
+        asyncio.run(_spend(empty_url, 26))
+
+    command.downgrade(config, "0004")
+    assert not asyncio.run(_has_column(empty_url, "used_up"))
+    assert asyncio.run(_open_lots_after_downgrade(empty_url)) == 25
+
+    command.upgrade(config, "head")
+    assert asyncio.run(_used_up(empty_url)) == {"lot1": True, "lot2": True, "lot3": False}
+    assert asyncio.run(_spend(empty_url, 25)) == 0
+    assert asyncio.run(_used_up(empty_url)) == {"lot1": True, "lot2": True, "lot3": True}
