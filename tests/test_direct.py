@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
+from rewardpoints.direct import KeyedGate
+from rewardpoints.errors import DatabaseUnavailable
 
 from .conftest import make_settings
 
@@ -126,4 +128,31 @@ async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
     )
     assert [answer.status_code for answer in answers] == [201] * 10
     assert (await pg_client.get(path, headers=headers)).json() == 0
+    assert len(gate) == 0
+
+
+async def test_a_cancelled_or_timed_out_wait_for_a_customers_turn_leaves_nothing_behind() -> None:
+    gate = KeyedGate(timeout=0.2)
+    order: list[str] = []
+
+    async def write(name: str, hold: float) -> None:
+        async with gate.hold("customer"):
+            order.append(name)
+            await asyncio.sleep(hold)
+
+    first = asyncio.create_task(write("first", 0.1))
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(write("cancelled", 0))
+    second = asyncio.create_task(write("second", 0))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await asyncio.gather(first, second)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert order == ["first", "second"]
+    assert len(gate) == 0
+
+    async with gate.hold("customer"):
+        with pytest.raises(DatabaseUnavailable):
+            await write("late", 0)
     assert len(gate) == 0
