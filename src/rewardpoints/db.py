@@ -49,9 +49,9 @@ def active_transaction_hook() -> TransactionHook | None:
 
 
 # PostgreSQL SQLSTATEs that mean "try the whole transaction again".
-_RETRY_SQLSTATES = {"40001", "40P01"}
+RETRY_SQLSTATES = {"40001", "40P01"}
 # ... and those that mean "the database is not usable right now".
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
+UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
 _MAX_ATTEMPTS = 5
 
 
@@ -181,7 +181,7 @@ def is_unavailable(error: BaseException) -> bool:
         if error.connection_invalidated:
             return True
         state = sqlstate(error)
-        if state and state.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+        if state and state.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
             return True
         message = str(error.orig).lower()
         if "database is locked" in message or "unable to open database" in message:
@@ -229,7 +229,7 @@ async def run_transaction(
             if not retry_on_integrity or attempt == _MAX_ATTEMPTS:
                 raise
         except DBAPIError as error:
-            if sqlstate(error) not in _RETRY_SQLSTATES or attempt == _MAX_ATTEMPTS:
+            if sqlstate(error) not in RETRY_SQLSTATES or attempt == _MAX_ATTEMPTS:
                 if is_unavailable(error):
                     raise DatabaseUnavailable(str(error.orig)) from error
                 raise

@@ -26,11 +26,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import is_unavailable
+from .db import RETRY_SQLSTATES, UNAVAILABLE_SQLSTATE_PREFIXES, is_unavailable
 from .errors import DatabaseUnavailable
 
-_RETRY_SQLSTATES = {"40001", "40P01"}
-_UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
 _MAX_ATTEMPTS = 5
 
 
@@ -113,9 +111,9 @@ class Direct:
                 return await self._fetchrow_once(sql, args)
             except asyncpg.PostgresError as error:
                 state = error.sqlstate or ""
-                retry = state in _RETRY_SQLSTATES or (retry_on_unique and state == "23505")
+                retry = state in RETRY_SQLSTATES or (retry_on_unique and state == "23505")
                 if not retry or attempt == _MAX_ATTEMPTS:
-                    if state.startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+                    if state.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
                         raise DatabaseUnavailable(str(error)) from error
                     raise StatementError(state, str(error)) from error
             await asyncio.sleep(0.005 * attempt)
@@ -129,7 +127,7 @@ class Direct:
                 try:
                     return await driver.fetchrow(sql, *args)
                 except asyncpg.PostgresError as error:
-                    if (error.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATE_PREFIXES):
+                    if (error.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
                         await conn.invalidate()
                     raise
                 except BaseException:

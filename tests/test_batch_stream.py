@@ -1,0 +1,174 @@
+"""summaryBatch over a real server on PostgreSQL, where it streams from ``COPY ... TO STDOUT``:
+a client that hangs up half-way, or a database connection killed half-way, costs the service
+nothing: no connection is left busy, and the next stream is whole."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from .conftest import TEST_SECRET, bearer, token
+from .support import running_server
+
+pytestmark = pytest.mark.slow
+
+CUSTOMERS = 3000  # about 1.3 MB of documents: many COPY chunks and response writes
+
+
+async def _connect(pg_url: str) -> Any:
+    url = make_url(pg_url)
+    return await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+
+
+async def _seed(pg_url: str, tenant: str) -> None:
+    """CUSTOMERS customers with two lots each, one of them partly spent, in one statement each."""
+    now = datetime.now(UTC)
+    conn = await _connect(pg_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO accounts SELECT $1, 'c' || lpad(g::text, 5, '0'), $2"
+                " FROM generate_series(1, $3) g",
+                tenant,
+                now,
+                CUSTOMERS,
+            )
+            await conn.execute(
+                "INSERT INTO lots (tenant, id, customer_id, description, points, used_points,"
+                " created_at, valid_until, all_points_after_creation, request_hash)"
+                " SELECT $1, 'l' || g || '-' || k, 'c' || lpad(g::text, 5, '0'),"
+                " 'a lot with \\ and \" and ü', 100, CASE k WHEN 1 THEN 40 ELSE 0 END,"
+                " $2::timestamptz + k * interval '1 second', $3, 100 * k, 'h'"
+                " FROM generate_series(1, $4) g, generate_series(1, 2) k",
+                tenant,
+                now - timedelta(days=1),
+                now + timedelta(days=365),
+                CUSTOMERS,
+            )
+            await conn.execute(
+                "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
+                " created_at, all_points_after_creation, request_hash)"
+                " SELECT $1, 'r' || g, 'c' || lpad(g::text, 5, '0'), 'spent', 40, $2, 160, 'h'"
+                " FROM generate_series(1, $3) g",
+                tenant,
+                now - timedelta(hours=1),
+                CUSTOMERS,
+            )
+            await conn.execute(
+                "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
+                " SELECT $1, 'l' || g || '-1', 'r' || g, 40, $2 FROM generate_series(1, $3) g",
+                tenant,
+                now - timedelta(hours=1),
+                CUSTOMERS,
+            )
+    finally:
+        await conn.close()
+
+
+async def _busy_connections(pg_url: str) -> list[str]:
+    """The service's connections to this database that are not idle."""
+    conn = await _connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'rewardpoints' AND state <> 'idle'"
+        )
+        return [row["state"] for row in rows]
+    finally:
+        await conn.close()
+
+
+async def _until_no_busy_connection(pg_url: str) -> None:
+    for _ in range(100):
+        if not await _busy_connections(pg_url):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still busy: {await _busy_connections(pg_url)}")
+
+
+def _hang_up_after_first_bytes(base: str, headers: dict[str, str]) -> bytes:
+    """Ask for the stream over a raw socket, read a little of it, and close the socket."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"GET /reward-points/summaryBatch HTTP/1.1\r\nHost: test\r\n"
+            + f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
+        )
+        received = sock.recv(4096)
+        # Close with a reset, as a client that goes away does, not after reading everything.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    return received
+
+
+async def _whole_stream(http: httpx.AsyncClient, headers: dict[str, str]) -> list[Any]:
+    answer = await http.get("/reward-points/summaryBatch", headers=headers)
+    assert answer.status_code == 200
+    documents: list[Any] = json.loads(answer.content)
+    return documents
+
+
+async def test_a_client_hanging_up_mid_stream_leaves_no_busy_connection_and_the_next_is_whole(
+    pg_url: str, tenant: str
+) -> None:
+    await _seed(pg_url, tenant)
+    headers = bearer(token(tenant))
+    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+    with running_server(env) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            documents = await _whole_stream(http, headers)
+            assert len(documents) == CUSTOMERS
+            first = documents[0]
+            assert first["customerId"] == "c00001"
+            assert first["activePoints"] == 160
+            lots = first["summary"]["addedPointsList"]
+            assert [lot["usedWith"] for lot in lots] == [["r1"], []]
+            assert lots[0]["description"] == 'a lot with \\ and " and ü'
+
+            for _ in range(3):
+                head = await asyncio.to_thread(_hang_up_after_first_bytes, base, headers)
+                assert head.startswith(b"HTTP/1.1 200")
+            await _until_no_busy_connection(pg_url)
+            assert await _whole_stream(http, headers) == documents
+
+
+async def test_a_database_connection_killed_mid_stream_ends_that_stream_only(
+    pg_url: str, tenant: str
+) -> None:
+    await _seed(pg_url, tenant)
+    headers = bearer(token(tenant))
+    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+    with running_server(env) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            expected = await _whole_stream(http, headers)
+            async with http.stream("GET", "/reward-points/summaryBatch", headers=headers) as answer:
+                assert answer.status_code == 200
+                chunks = answer.aiter_raw()
+                received = await anext(chunks)
+                killer = await _connect(pg_url)
+                try:
+                    killed = await killer.fetch(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database()"
+                        " AND application_name = 'rewardpoints' AND query LIKE 'COPY%'"
+                    )
+                finally:
+                    await killer.close()
+                assert killed
+                with pytest.raises(httpx.HTTPError):
+                    async for chunk in chunks:
+                        received += chunk
+            # The stream broke off: it is not a whole JSON array.
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(received)
+            await _until_no_busy_connection(pg_url)
+            assert await _whole_stream(http, headers) == expected
