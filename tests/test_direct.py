@@ -4,6 +4,7 @@ a failed request, and writes of one customer queue in the worker for at most the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -103,7 +104,9 @@ async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
     ).status_code == 201
     gate = pg_app.state.ledger._direct.gate
 
-    async with gate.hold((tenant, customer)):
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(gate.capacity):  # every turn of the customer taken
+            await stack.enter_async_context(gate.hold((tenant, customer)))
         started = asyncio.get_running_loop().time()
         refused = await pg_client.post(f"{path}/redeemPoints", json={"points": 3}, headers=headers)
         waited = asyncio.get_running_loop().time() - started
@@ -119,7 +122,7 @@ async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
     assert (await pg_client.get(path, headers=headers)).json() == 10
     assert len(gate) == 0
 
-    # Queued writes of one customer all run, one after the other, and leave no gate behind.
+    # Queued writes of one customer all run, a few at a time, and leave no gate behind.
     answers = await asyncio.gather(
         *(
             pg_client.post(f"{path}/redeemPoints", json={"points": 1}, headers=headers)
@@ -132,7 +135,7 @@ async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
 
 
 async def test_a_cancelled_or_timed_out_wait_for_a_customers_turn_leaves_nothing_behind() -> None:
-    gate = KeyedGate(timeout=0.2)
+    gate = KeyedGate(timeout=0.2, capacity=1)
     order: list[str] = []
 
     async def write(name: str, hold: float) -> None:
@@ -155,4 +158,25 @@ async def test_a_cancelled_or_timed_out_wait_for_a_customers_turn_leaves_nothing
     async with gate.hold("customer"):
         with pytest.raises(DatabaseUnavailable):
             await write("late", 0)
+    assert len(gate) == 0
+
+
+async def test_a_customers_turns_are_capacity_many_at_once_in_arrival_order() -> None:
+    gate = KeyedGate(timeout=5, capacity=2)
+    inside = 0
+    most_inside = 0
+    order: list[int] = []
+
+    async def write(number: int) -> None:
+        nonlocal inside, most_inside
+        async with gate.hold("customer"):
+            inside += 1
+            most_inside = max(most_inside, inside)
+            order.append(number)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    await asyncio.gather(*(write(number) for number in range(8)))
+    assert most_inside == 2
+    assert order == list(range(8))
     assert len(gate) == 0
