@@ -158,6 +158,18 @@ SELECT pg_temp.seed_history(:'tenant', 'short', 10, 5, 5);
 SELECT pg_temp.seed_tenant(:'big_tenant', :big_customers);
 SELECT pg_temp.seed_tenant(:'mid_tenant', :mid_customers);
 
+-- The active points each account's last write would have stored (migration 0006).
+UPDATE accounts a
+   SET active_points = s.active, active_since = now(),
+       active_until = COALESCE(s.first_expiry, 'infinity')
+  FROM (SELECT tenant, customer_id, sum(points - used_points) AS active,
+               min(valid_until) AS first_expiry
+          FROM lots WHERE NOT used_up AND valid_until > now()
+         GROUP BY tenant, customer_id) s
+ WHERE s.tenant = a.tenant AND s.customer_id = a.customer_id;
+UPDATE accounts SET active_points = 0, active_since = now(), active_until = 'infinity'
+ WHERE active_points IS NULL;
+
 -- What the skipped foreign-key triggers would have checked, and the ledger's own invariants.
 DO $$
 DECLARE
@@ -206,6 +218,13 @@ BEGIN
           GROUP BY tenant, customer_id) b USING (tenant, customer_id)
     WHERE last.last_after <> b.balance;
     IF bad > 0 THEN RAISE EXCEPTION '% customers whose last running balance is wrong', bad; END IF;
+
+    -- The stored active points are the balance.
+    SELECT count(*) INTO bad FROM accounts a
+    LEFT JOIN (SELECT tenant, customer_id, sum(points - used_points) AS balance FROM lots
+               GROUP BY tenant, customer_id) b USING (tenant, customer_id)
+    WHERE a.active_points <> coalesce(b.balance, 0);
+    IF bad > 0 THEN RAISE EXCEPTION '% accounts whose stored active points are wrong', bad; END IF;
 END $$;
 
 COMMIT;

@@ -57,6 +57,8 @@ from .models import UTCDateTime, accounts, awarded_orders, lot_usages, lots, red
 Clock = Callable[[], datetime]
 
 DEFAULT_ADD_DESCRIPTION = "points added"
+# The end of a window of stored active points when no lot counts (no expiry ends it).
+_FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
 DEFAULT_REDEEM_DESCRIPTION = "points redeemed"
 STREAM_CHUNK_ROWS = 2000
 # Emporix's refund when a redeemed coupon could not be issued: its exact text and validity.
@@ -363,17 +365,17 @@ class Ledger:
             redemption_id = redemption.id or str(uuid.uuid4())
             open_lots = (
                 await conn.execute(
-                    select(lots.c.id, lots.c.points - lots.c.used_points)
+                    select(lots.c.id, lots.c.points - lots.c.used_points, lots.c.valid_until)
                     .where(_open_lots_of(tenant, customer_id, now))
                     .order_by(lots.c.created_at, lots.c.id)
                 )
             ).all()
-            available = sum(remaining for _, remaining in open_lots)
+            available = sum(remaining for _, remaining, _ in open_lots)
             if available < redemption.points:
                 raise InsufficientPoints(redemption.points, available)
             draws: list[dict[str, Any]] = []
             wanted = redemption.points
-            for lot_id, remaining in open_lots:
+            for lot_id, remaining, _ in open_lots:
                 if wanted == 0:
                     break
                 take = min(wanted, remaining)
@@ -409,6 +411,11 @@ class Ledger:
                     }
                     for draw in draws
                 ],
+            )
+            # As rewardpoints_redeem: the earliest expiry before the draws (never late).
+            first_expiry = min((until for _, _, until in open_lots), default=None)
+            await _store_active_points(
+                conn, tenant, customer_id, available - redemption.points, now, first_expiry
             )
             return redemption_id
 
@@ -619,13 +626,14 @@ class Ledger:
         if prepared.valid_until <= now:
             raise InvalidRequest("validUntil must be in the future", field="validUntil")
         lot_id = lot.id or str(uuid.uuid4())
-        balance = (
+        balance, first_expiry = (
             await conn.execute(
-                select(func.coalesce(func.sum(lots.c.points - lots.c.used_points), 0)).where(
-                    _open_lots_of(tenant, customer_id, now)
-                )
+                select(
+                    func.coalesce(func.sum(lots.c.points - lots.c.used_points), 0),
+                    func.min(lots.c.valid_until),
+                ).where(_open_lots_of(tenant, customer_id, now))
             )
-        ).scalar_one()
+        ).one()
         await conn.execute(
             insert(lots).values(
                 tenant=tenant,
@@ -640,6 +648,10 @@ class Ledger:
                 all_points_after_creation=int(balance) + lot.points,
                 request_hash=prepared.fingerprint,
             )
+        )
+        expiries = [until for until in (first_expiry, prepared.valid_until) if until is not None]
+        await _store_active_points(
+            conn, tenant, customer_id, int(balance) + lot.points, now, min(expiries)
         )
         return lot_id
 
@@ -668,10 +680,13 @@ _ADD_SQL = (
     "SELECT outcome, entry_id FROM rewardpoints_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 _REDEEM_SQL = "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7, $8)"
+# The active points the last write stored, while no lot they count has expired (migration
+# 0006); else the sum of the open lots.
 _BALANCE_SQL = (
-    "SELECT COALESCE((SELECT SUM(points - used_points) FROM lots"
-    " WHERE tenant = $1 AND customer_id = $2 AND NOT used_up AND valid_until > $3),"
-    " 0)::bigint FROM accounts WHERE tenant = $1 AND customer_id = $2"
+    "SELECT CASE WHEN a.active_since <= $3 AND $3 < a.active_until THEN a.active_points"
+    " ELSE COALESCE((SELECT SUM(points - used_points) FROM lots"
+    " WHERE tenant = $1 AND customer_id = $2 AND NOT used_up AND valid_until > $3), 0)"
+    " END::bigint FROM accounts a WHERE a.tenant = $1 AND a.customer_id = $2"
 )
 
 
@@ -784,6 +799,31 @@ def _batch_query(tenant: str) -> Select[Any]:
         combined.c.id,
         combined.c.used_at,
         combined.c.used_by,
+    )
+
+
+async def _store_active_points(
+    conn: AsyncConnection,
+    tenant: str,
+    customer_id: str,
+    points: int,
+    since: datetime,
+    until: datetime | None,
+) -> None:
+    """Remember the customer's active points after a write, valid in ``[since, until)``.
+
+    ``until`` is the earliest expiry among the lots counted (None: no lot counts, so the points
+    stay 0 until the next write). Written under the customer's lock, as migration 0006's
+    functions do; read by a balance on PostgreSQL.
+    """
+    await conn.execute(
+        update(accounts)
+        .where(accounts.c.tenant == tenant, accounts.c.customer_id == customer_id)
+        .values(
+            active_points=points,
+            active_since=since,
+            active_until=until if until is not None else _FOREVER,
+        )
     )
 
 

@@ -68,6 +68,11 @@ accounts = Table(
     Column("tenant", Key(16), primary_key=True),
     Column("customer_id", Key(255), primary_key=True),
     Column("created_at", UTCDateTime, nullable=False),
+    # The active points as of the last write, while no lot they count has expired: valid from
+    # active_since until active_until (migration 0006). NULL until the first write since then.
+    Column("active_points", BigInteger, nullable=True),
+    Column("active_since", UTCDateTime, nullable=True),
+    Column("active_until", UTCDateTime, nullable=True),
 )
 
 lots = Table(
