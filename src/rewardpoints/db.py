@@ -1,4 +1,4 @@
-"""Engine and transactions: the only module that knows SQLite from PostgreSQL."""
+"""Engines and transactions, and which database errors mean "retry" or "unavailable"."""
 
 from __future__ import annotations
 
