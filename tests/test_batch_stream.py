@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,58 +118,61 @@ async def _whole_stream(http: httpx.AsyncClient, headers: dict[str, str]) -> lis
     return documents
 
 
-async def test_a_client_hanging_up_mid_stream_leaves_no_busy_connection_and_the_next_is_whole(
-    pg_url: str, tenant: str
-) -> None:
+@pytest.fixture
+async def served(pg_url: str, tenant: str) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A seeded tenant and a server: its base URL and the tenant's headers."""
     await _seed(pg_url, tenant)
-    headers = bearer(token(tenant))
     env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
     with running_server(env) as base:
-        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-            documents = await _whole_stream(http, headers)
-            assert len(documents) == CUSTOMERS
-            first = documents[0]
-            assert first["customerId"] == "c00001"
-            assert first["activePoints"] == 160
-            lots = first["summary"]["addedPointsList"]
-            assert [lot["usedWith"] for lot in lots] == [["r1"], []]
-            assert lots[0]["description"] == 'a lot with \\ and " and ü'
+        yield base, bearer(token(tenant))
 
-            for _ in range(3):
-                head = await asyncio.to_thread(_hang_up_after_first_bytes, base, headers)
-                assert head.startswith(b"HTTP/1.1 200")
-            await _until_no_busy_connection(pg_url)
-            assert await _whole_stream(http, headers) == documents
+
+async def test_a_client_hanging_up_mid_stream_leaves_no_busy_connection_and_the_next_is_whole(
+    pg_url: str, served: tuple[str, dict[str, str]]
+) -> None:
+    base, headers = served
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        documents = await _whole_stream(http, headers)
+        assert len(documents) == CUSTOMERS
+        first = documents[0]
+        assert first["customerId"] == "c00001"
+        assert first["activePoints"] == 160
+        lots = first["summary"]["addedPointsList"]
+        assert [lot["usedWith"] for lot in lots] == [["r1"], []]
+        assert lots[0]["description"] == 'a lot with \\ and " and ü'
+
+        for _ in range(3):
+            head = await asyncio.to_thread(_hang_up_after_first_bytes, base, headers)
+            assert head.startswith(b"HTTP/1.1 200")
+        await _until_no_busy_connection(pg_url)
+        assert await _whole_stream(http, headers) == documents
 
 
 async def test_a_database_connection_killed_mid_stream_ends_that_stream_only(
-    pg_url: str, tenant: str
+    pg_url: str, served: tuple[str, dict[str, str]]
 ) -> None:
-    await _seed(pg_url, tenant)
-    headers = bearer(token(tenant))
-    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
-    with running_server(env) as base:
-        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-            expected = await _whole_stream(http, headers)
-            async with http.stream("GET", "/reward-points/summaryBatch", headers=headers) as answer:
-                assert answer.status_code == 200
-                chunks = answer.aiter_raw()
-                received = await anext(chunks)
-                killer = await _connect(pg_url)
-                try:
-                    killed = await killer.fetch(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE datname = current_database()"
-                        " AND application_name = 'rewardpoints' AND query LIKE 'COPY%'"
-                    )
-                finally:
-                    await killer.close()
-                assert killed
-                with pytest.raises(httpx.HTTPError):
-                    async for chunk in chunks:
-                        received += chunk
-            # The stream broke off: it is not a whole JSON array.
-            with pytest.raises(json.JSONDecodeError):
-                json.loads(received)
-            await _until_no_busy_connection(pg_url)
-            assert await _whole_stream(http, headers) == expected
+    base, headers = served
+    async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+        expected = await _whole_stream(http, headers)
+        async with http.stream("GET", "/reward-points/summaryBatch", headers=headers) as answer:
+            assert answer.status_code == 200
+            chunks = answer.aiter_raw()
+            received = await anext(chunks)
+            killer = await _connect(pg_url)
+            try:
+                killed = await killer.fetch(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database()"
+                    " AND application_name = 'rewardpoints' AND query LIKE 'COPY%'"
+                )
+            finally:
+                await killer.close()
+            assert killed
+            with pytest.raises(httpx.HTTPError):
+                async for chunk in chunks:
+                    received += chunk
+        # The stream broke off: it is not a whole JSON array.
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(received)
+        await _until_no_busy_connection(pg_url)
+        assert await _whole_stream(http, headers) == expected
