@@ -586,9 +586,7 @@ def measure(
         data = run_wrk(config, server, scenario, token, duration)
         runs.append((data, server.settle()))
     rates = [d["requests"] / (d["duration_us"] / 1e6) for d, _ in runs]
-    data, settled = sorted(runs, key=lambda run: run[0]["requests"] / run[0]["duration_us"])[
-        len(runs) // 2
-    ]
+    data, settled = runs[sorted(range(len(runs)), key=rates.__getitem__)[len(runs) // 2]]
     errors = data["errors"]
     failed = errors["status"] + errors["connect"] + errors["read"] + errors["write"]
     failed += errors["timeout"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -13,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from rewardpoints.app import create_app
+from rewardpoints.config import Settings
 from rewardpoints.direct import KeyedGate
 from rewardpoints.errors import DatabaseUnavailable
 
@@ -21,17 +20,9 @@ from .conftest import make_settings
 
 
 @pytest.fixture
-async def pg_app(pg_url: str) -> AsyncIterator[Any]:
-    application = create_app(make_settings(pg_url, lock_timeout_ms=300))
-    yield application
-    await application.state.ledger.engine.dispose()
-
-
-@pytest.fixture
-async def pg_client(pg_app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=pg_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        yield http
+def settings(pg_url: str) -> Settings:
+    """PostgreSQL only (conftest's app and client use these), with a short lock timeout."""
+    return make_settings(pg_url, lock_timeout_ms=300)
 
 
 async def _terminate_backends_of(pg_url: str, pids: list[int]) -> int:
@@ -64,54 +55,54 @@ async def _pooled_backend_pids(client: httpx.AsyncClient, app: Any, headers: Any
 
 
 async def test_idle_connections_the_server_closed_are_replaced_without_a_failed_request(
-    pg_client: httpx.AsyncClient, pg_app: Any, pg_url: str, tenant: str, headers: Any
+    client: httpx.AsyncClient, app: Any, pg_url: str, tenant: str, headers: Any
 ) -> None:
     customer = "c-closed"
-    created = await pg_client.post(
+    created = await client.post(
         f"/reward-points/customer/{customer}/addPoints", json={"points": 7}, headers=headers
     )
     assert created.status_code == 201
-    pids = await _pooled_backend_pids(pg_client, pg_app, headers)
+    pids = await _pooled_backend_pids(client, app, headers)
     assert len(pids) >= 2
     assert await _terminate_backends_of(pg_url, pids) == len(pids)
     await asyncio.sleep(0.3)  # the servers' goodbyes arrive while the connections sit idle
 
     # Every idle connection of the pool is dead now: each request still succeeds.
     answers = await asyncio.gather(
-        *(pg_client.get(f"/reward-points/customer/{customer}", headers=headers) for _ in range(6)),
-        pg_client.post(
+        *(client.get(f"/reward-points/customer/{customer}", headers=headers) for _ in range(6)),
+        client.post(
             f"/reward-points/customer/{customer}/redeemPoints",
             json={"points": 2},
             headers=headers,
         ),
-        pg_client.post(
+        client.post(
             f"/reward-points/customer/{customer}/addPoints", json={"points": 1}, headers=headers
         ),
     )
     assert [answer.status_code for answer in answers] == [200] * 6 + [201, 201]
-    balance = await pg_client.get(f"/reward-points/customer/{customer}", headers=headers)
+    balance = await client.get(f"/reward-points/customer/{customer}", headers=headers)
     assert balance.json() == 7 - 2 + 1
-    assert not set(await _pooled_backend_pids(pg_client, pg_app, headers)) & set(pids)
+    assert not set(await _pooled_backend_pids(client, app, headers)) & set(pids)
 
 
 async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
-    pg_client: httpx.AsyncClient, pg_app: Any, tenant: str, headers: Any
+    client: httpx.AsyncClient, app: Any, tenant: str, headers: Any
 ) -> None:
     customer = "c-queued"
     path = f"/reward-points/customer/{customer}"
     assert (
-        await pg_client.post(f"{path}/addPoints", json={"points": 10}, headers=headers)
+        await client.post(f"{path}/addPoints", json={"points": 10}, headers=headers)
     ).status_code == 201
-    gate = pg_app.state.ledger._direct.gate
+    gate = app.state.ledger._direct.gate
 
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(gate.capacity):  # every turn of the customer taken
             await stack.enter_async_context(gate.hold((tenant, customer)))
         started = asyncio.get_running_loop().time()
-        refused = await pg_client.post(f"{path}/redeemPoints", json={"points": 3}, headers=headers)
+        refused = await client.post(f"{path}/redeemPoints", json={"points": 3}, headers=headers)
         waited = asyncio.get_running_loop().time() - started
         # Another customer's writes do not wait.
-        other = await pg_client.post(
+        other = await client.post(
             "/reward-points/customer/c-other/addPoints", json={"points": 1}, headers=headers
         )
     assert refused.status_code == 503
@@ -119,18 +110,18 @@ async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
     assert 0.25 <= waited < 3
     assert other.status_code == 201
     # Refused before it reached the database: nothing was spent.
-    assert (await pg_client.get(path, headers=headers)).json() == 10
+    assert (await client.get(path, headers=headers)).json() == 10
     assert len(gate) == 0
 
     # Queued writes of one customer all run, a few at a time, and leave no gate behind.
     answers = await asyncio.gather(
         *(
-            pg_client.post(f"{path}/redeemPoints", json={"points": 1}, headers=headers)
+            client.post(f"{path}/redeemPoints", json={"points": 1}, headers=headers)
             for _ in range(10)
         )
     )
     assert [answer.status_code for answer in answers] == [201] * 10
-    assert (await pg_client.get(path, headers=headers)).json() == 0
+    assert (await client.get(path, headers=headers)).json() == 0
     assert len(gate) == 0
 
 

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
@@ -52,7 +53,13 @@ def active_transaction_hook() -> TransactionHook | None:
 RETRY_SQLSTATES = {"40001", "40P01"}
 # ... and those that mean "the database is not usable right now".
 UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
-_MAX_ATTEMPTS = 5
+# How often a transaction (or a statement sent straight to the driver, direct.py) is tried.
+MAX_ATTEMPTS = 5
+
+
+async def pause_before_retry(attempt: int) -> None:
+    """Back off a little more after each failed attempt."""
+    await asyncio.sleep(0.005 * attempt)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -175,8 +182,10 @@ def is_unavailable(error: BaseException) -> bool:
     """Whether an error means the database is unreachable, locked too long or overloaded."""
     if isinstance(error, (DatabaseUnavailable, PoolTimeout)):  # PoolTimeout: no free connection
         return True
-    if isinstance(error, (ConnectionError, TimeoutError, OSError)):
+    if isinstance(error, (ConnectionError, TimeoutError, OSError, asyncpg.InterfaceError)):
         return True
+    if isinstance(error, asyncpg.PostgresError):  # the driver's own, used directly
+        return (error.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_PREFIXES)
     if isinstance(error, DBAPIError):
         if error.connection_invalidated:
             return True
@@ -214,7 +223,7 @@ async def run_transaction(
     if single_statement and hook is None and engine.dialect.name == "postgresql":
         # One statement is atomic by itself: no BEGIN and COMMIT round trips around it.
         transaction = autocommit_connection
-    for attempt in range(1, _MAX_ATTEMPTS + 1):
+    for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
             async with transaction(engine) as conn:
                 if hook is not None:
@@ -226,14 +235,14 @@ async def run_transaction(
                 hook.committed()
             return result
         except IntegrityError:
-            if not retry_on_integrity or attempt == _MAX_ATTEMPTS:
+            if not retry_on_integrity or attempt == MAX_ATTEMPTS:
                 raise
         except DBAPIError as error:
-            if sqlstate(error) not in RETRY_SQLSTATES or attempt == _MAX_ATTEMPTS:
+            if sqlstate(error) not in RETRY_SQLSTATES or attempt == MAX_ATTEMPTS:
                 if is_unavailable(error):
                     raise DatabaseUnavailable(str(error.orig)) from error
                 raise
         except (ConnectionError, TimeoutError, OSError, PoolTimeout) as error:
             raise DatabaseUnavailable(str(error)) from error
-        await asyncio.sleep(0.005 * attempt)
+        await pause_before_retry(attempt)
     raise AssertionError("unreachable")

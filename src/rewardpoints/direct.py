@@ -22,15 +22,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from .db import RETRY_SQLSTATES, UNAVAILABLE_SQLSTATE_PREFIXES, is_unavailable
+from .db import MAX_ATTEMPTS, RETRY_SQLSTATES, is_unavailable, pause_before_retry
 from .errors import DatabaseUnavailable
-
-_MAX_ATTEMPTS = 5
 
 
 class StatementError(Exception):
@@ -101,8 +97,9 @@ class Direct:
         """Run one statement in a transaction of its own and return its first row.
 
         With ``retry_on_unique`` a unique-key race between two new rows is retried too: the
-        second attempt sees the row the other one committed. Statements with the same
-        ``one_at_a_time`` key run one after the other in this process (``KeyedGate``).
+        second attempt sees the row the other one committed. Of the statements with the same
+        ``one_at_a_time`` key, only the gate's capacity run at a time in this process
+        (``KeyedGate``).
         """
         if one_at_a_time is None:
             return await self._fetchrow(sql, args, retry_on_unique)
@@ -112,17 +109,17 @@ class Direct:
     async def _fetchrow(
         self, sql: str, args: tuple[Any, ...], retry_on_unique: bool
     ) -> asyncpg.Record | None:
-        for attempt in range(1, _MAX_ATTEMPTS + 1):
+        for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return await self._fetchrow_once(sql, args)
             except asyncpg.PostgresError as error:
                 state = error.sqlstate or ""
                 retry = state in RETRY_SQLSTATES or (retry_on_unique and state == "23505")
-                if not retry or attempt == _MAX_ATTEMPTS:
-                    if state.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
+                if not retry or attempt == MAX_ATTEMPTS:
+                    if is_unavailable(error):
                         raise DatabaseUnavailable(str(error)) from error
                     raise StatementError(state, str(error)) from error
-            await asyncio.sleep(0.005 * attempt)
+            await pause_before_retry(attempt)
         raise AssertionError("unreachable")
 
     async def _fetchrow_once(self, sql: str, args: tuple[Any, ...]) -> asyncpg.Record | None:
@@ -134,7 +131,7 @@ class Direct:
             try:
                 row: asyncpg.Record | None = await driver.fetchrow(sql, *args)
             except asyncpg.PostgresError as error:
-                if (error.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
+                if is_unavailable(error):
                     await greenlet_spawn(pooled.invalidate)
                 else:
                     await greenlet_spawn(pooled.close)
@@ -147,9 +144,9 @@ class Direct:
             # Returning it may close it (past the pool's size), which awaits the driver.
             await greenlet_spawn(pooled.close)
             return row
-        except asyncpg.PostgresError:
-            raise
-        except (DBAPIError, PoolTimeout, asyncpg.InterfaceError, OSError, TimeoutError) as error:
-            if isinstance(error, DBAPIError) and not is_unavailable(error):
+        except Exception as error:
+            # The statement's own refusals go to _fetchrow; no connection, a lost one, or no
+            # free one in the pool is a 503.
+            if isinstance(error, asyncpg.PostgresError) or not is_unavailable(error):
                 raise
             raise DatabaseUnavailable(str(error)) from error

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy import text
 
-from .db import UNAVAILABLE_SQLSTATE_PREFIXES, read_transaction, single_read
+from .db import is_unavailable, read_transaction, single_read
 from .errors import CustomerNotFound, DatabaseUnavailable
 from .ledger import CustomerSummary, Ledger, Lot, Redemption
 
@@ -227,12 +227,9 @@ async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]
                     # doubled; a JSON document has no other character that COPY escapes (JSON
                     # escapes every control character), and no newline.
                     yield rows.replace(b"\\\\", b"\\").replace(b"\n", b",")
-        except asyncpg.PostgresError as error:
-            if (error.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
-                await conn.invalidate()
-                raise DatabaseUnavailable(str(error)) from error
-            raise
-        except asyncpg.InterfaceError as error:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            if not is_unavailable(error):
+                raise
             await conn.invalidate()
             raise DatabaseUnavailable(str(error)) from error
         except BaseException:

@@ -57,9 +57,9 @@ from .models import UTCDateTime, accounts, awarded_orders, lot_usages, lots, red
 Clock = Callable[[], datetime]
 
 DEFAULT_ADD_DESCRIPTION = "points added"
+DEFAULT_REDEEM_DESCRIPTION = "points redeemed"
 # The end of a window of stored active points when no lot counts (no expiry ends it).
 _FOREVER = datetime(9999, 12, 31, tzinfo=UTC)
-DEFAULT_REDEEM_DESCRIPTION = "points redeemed"
 STREAM_CHUNK_ROWS = 2000
 # Emporix's refund when a redeemed coupon could not be issued: its exact text and validity.
 CHARGEBACK_DESCRIPTION = "Chargeback - redeemed voucher could not be created."
