@@ -13,7 +13,8 @@ from fastapi import FastAPI
 
 from . import __version__
 from .api import docs, errors, management, orders, public, redeem_options
-from .api.limits import BodyLimitMiddleware
+from .api.fastlane import FastLane
+from .api.limits import MAX_HEADER_BYTES, MAX_TARGET_BYTES, BodyLimitMiddleware
 from .api.openapi import openapi_builder
 from .auth import JwksCache, TokenVerifier
 from .config import Settings
@@ -86,6 +87,17 @@ def create_app(
     app.include_router(redeem_options.router)
     app.include_router(docs.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.fast_lane:
+        # Outside the request limits, which it checks itself for the requests it answers.
+        app.add_middleware(
+            FastLane,
+            ledger=ledger,
+            verifier=verifier,
+            handlers=app.exception_handlers,
+            max_bytes=settings.max_body_bytes,
+            max_header_bytes=MAX_HEADER_BYTES,
+            max_target_bytes=MAX_TARGET_BYTES,
+        )
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app

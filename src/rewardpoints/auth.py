@@ -172,14 +172,22 @@ class TokenVerifier:
         # and verifying a signature costs more than the rest of a balance request.
         self._verified: dict[str, tuple[Principal, float, int]] = {}
 
-    async def principal(self, token: str) -> Principal:
-        generation = self.jwks.generation if self.jwks is not None else 0
+    def known_principal(self, token: str) -> Principal | None:
+        """The principal of a token verified before and still valid; None for any other."""
         cached = self._verified.get(token)
-        if cached is not None:
-            principal, expires, seen_generation = cached
-            if time.time() <= expires + self.leeway and seen_generation == generation:
-                return principal
-            del self._verified[token]
+        if cached is None:
+            return None
+        principal, expires, seen_generation = cached
+        generation = self.jwks.generation if self.jwks is not None else 0
+        if time.time() <= expires + self.leeway and seen_generation == generation:
+            return principal
+        return None
+
+    async def principal(self, token: str) -> Principal:
+        known = self.known_principal(token)
+        if known is not None:
+            return known
+        self._verified.pop(token, None)
         claims = await self.verify(token)
         principal = principal_from_claims(claims)
         generation = self.jwks.generation if self.jwks is not None else 0

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # How long the first answer to an Idempotency-Key is kept and replayed.
     idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
     idempotency_prune_interval_seconds: float = Field(default=600.0, gt=0)
+    # Plain balance, addPoints and redeemPoints requests answered without FastAPI's
+    # per-request machinery (api/fastlane.py); the answers are the same either way.
+    fast_lane: bool = True
 
     @field_validator("jwt_public_key")
     @classmethod

@@ -38,7 +38,9 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        problem = self._request_line_and_headers_problem(scope)
+        problem = request_line_and_headers_problem(
+            scope, self.max_header_bytes, self.max_target_bytes
+        )
         if problem is not None:
             detail, status = problem
             response = bad_request(Request(scope), detail, status=status)
@@ -80,21 +82,6 @@ class BodyLimitMiddleware:
 
         await self.app(scope, replay, send)
 
-    def _request_line_and_headers_problem(self, scope: Scope) -> tuple[str, int] | None:
-        header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
-        if header_bytes > self.max_header_bytes:
-            return f"Request headers exceed {self.max_header_bytes} bytes", 431
-        raw_path: bytes | None = scope.get("raw_path")
-        path_bytes = len(raw_path) if raw_path is not None else len(scope["path"].encode())
-        if path_bytes + len(scope.get("query_string", b"")) > self.max_target_bytes:
-            return f"Request path and query exceed {self.max_target_bytes} bytes", 414
-        if raw_path is not None:
-            try:
-                unquote_to_bytes(raw_path).decode("utf-8")
-            except UnicodeDecodeError:
-                return "Request path is not valid UTF-8", 400
-        return None
-
     async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = bad_request(
             Request(scope),
@@ -103,3 +90,22 @@ class BodyLimitMiddleware:
         )
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
+
+
+def request_line_and_headers_problem(
+    scope: Scope, max_header_bytes: int, max_target_bytes: int
+) -> tuple[str, int] | None:
+    """What is wrong with the request's headers and target, and the status to answer."""
+    header_bytes = sum(len(name) + len(value) for name, value in scope["headers"])
+    if header_bytes > max_header_bytes:
+        return f"Request headers exceed {max_header_bytes} bytes", 431
+    raw_path: bytes | None = scope.get("raw_path")
+    path_bytes = len(raw_path) if raw_path is not None else len(scope["path"].encode())
+    if path_bytes + len(scope.get("query_string", b"")) > max_target_bytes:
+        return f"Request path and query exceed {max_target_bytes} bytes", 414
+    if raw_path is not None:
+        try:
+            unquote_to_bytes(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            return "Request path is not valid UTF-8", 400
+    return None
