@@ -103,7 +103,9 @@ def req(
         sent = auth(tenant) if auth is not None else bearer(_token(tenant, scopes))
         for name, value in (headers or {}).items():
             sent[name] = value.replace("{tenant}", tenant)
-        return {"method": method, "url": "/reward-points" + path, "headers": sent, **kwargs}
+        # A callable argument is called for each request (a body stream can be sent once).
+        made = {name: value() if callable(value) else value for name, value in kwargs.items()}
+        return {"method": method, "url": "/reward-points" + path, "headers": sent, **made}
 
     return build
 
@@ -227,6 +229,18 @@ def _requests() -> Iterator[Callable[[str], dict[str, Any]]]:
             auth=lambda tenant: {"Authorization": "Basic " + _token(tenant, (VIEW, MANAGE))},
         )
         yield _duplicate_authorization
+    # JSON nested up to the limit and past it, also where Python's parser would run out of
+    # stack at different depths on the two paths.
+    for depth in (126, 127, 128, 129, 500, 960, 965, 970, 5000):
+        deep = b'{"points":1,"x":' + b"[" * depth + b"]" * depth + b"}"
+        for path in (add.format("c3"), redeem.format("c3")):
+            yield req("POST", path, content=deep, headers={"Content-Type": "application/json"})
+        yield req("POST", add.format("c3"), content=deep, headers={"Idempotency-Key": f"d{depth}"})
+    # A GET with a body: read, and refused when too large, as by the routes.
+    yield req("GET", "/customer/c1", content=b"ignored")
+    yield req("GET", "/customer/c1", content=b"[" * 200)
+    yield req("GET", "/customer/c1", content=b"x" * 70_000)
+    yield req("GET", "/customer/c1", content=lambda: _chunks(b"x" * 40_000, b"x" * 40_000))
     # Limits: body, headers, path.
     yield req("POST", add.format("c2"), json={"points": 1, "description": "d" * 70_000})
     yield req("GET", "/customer/c2", headers={"X-Padding": "p" * 17_000})
@@ -279,7 +293,7 @@ async def test_every_request_is_answered_as_the_routes_answer_it(
         slow_answer = slow_names.response(await slow.send(request))
         assert fast_answer == slow_answer, (number, request(fast.tenant))
 
-    for customer in ("c1", "c2", LONG_ID, "k%C3%B8"):
+    for customer in ("c1", "c2", "c3", LONG_ID, "k%C3%B8"):
         summary = req("GET", f"/customer/{customer}/summary")
         fast_summary = await fast.send(summary)
         slow_summary = await slow.send(summary)
@@ -290,6 +304,10 @@ async def test_every_request_is_answered_as_the_routes_answer_it(
     # 2 x 10, lot-a's 50, 2 points under each of the three JSON content types; 7 and 4 spent.
     assert c1["activePoints"] == 10 + 10 + 50 + 3 * 2 - 7 - 4
     assert len(c1["summary"]["redeemedPointsList"]) == 2
+    # JSON nested 128 levels is read (the object and 127 arrays), 129 is not.
+    c3 = json.loads((await fast.send(req("GET", "/customer/c3/summary"))).text)
+    assert c3["activePoints"] == 2 - 2
+    assert [lot["points"] for lot in c3["summary"]["addedPointsList"]] == [1, 1]
 
 
 async def test_expired_and_unknown_tokens_are_refused_as_by_the_routes(

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -33,7 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..auth import MANAGE_SCOPES, VIEW_SCOPES, Principal, TokenVerifier
 from ..ledger import Ledger
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
-from .limits import request_line_and_headers_problem
+from .limits import MAX_JSON_NESTING, json_nesting_exceeds, request_line_and_headers_problem
 from .schemas import AddedPointsIn, RedeemedPointsIn
 
 PREFIX = "/reward-points/customer/"
@@ -131,6 +132,8 @@ class FastLane:
         if body is None:
             # Over the limit, or the client went away: the application reads the rest.
             return await self._pass_on(scope, receive, send, messages)
+        if json_nesting_exceeds(body, MAX_JSON_NESTING):
+            return await self._pass_on(scope, receive, send, messages)
         try:
             parsed = model.model_validate(json.loads(body))
         except (ValueError, ValidationError, RecursionError):
@@ -147,10 +150,13 @@ class FastLane:
         """The response the application's handler for ``error`` gives, found as Starlette
         finds it (the nearest class in the error's MRO). Errors only the catch-all handler
         takes are raised on to it, as they are from a route."""
-        for cls in type(error).__mro__:
-            if cls is Exception:
+        keys: list[Any] = list(type(error).__mro__)
+        if isinstance(error, HTTPException):
+            keys.insert(0, error.status_code)
+        for key in keys:
+            if key is Exception:
                 break
-            handler = self.handlers.get(cls)
+            handler = self.handlers.get(key)
             if handler is not None:
                 response = handler(Request(scope), error)
                 if inspect.isawaitable(response):
@@ -184,11 +190,12 @@ class FastLane:
                 if content_type is not None:
                     return None
                 content_type = value
-            elif name == _IDEMPOTENCY_HEADER or (
-                name == b"content-length"
-                and body
-                and (not value.isdigit() or int(value) > self.max_bytes)
-            ):
+            elif name == b"content-length":
+                # A GET's body is left to the application, which reads it (and may refuse
+                # it as too large); a POST's may not be over the limit.
+                if not value.isdigit() or int(value) > (self.max_bytes if body else 0):
+                    return None
+            elif name == _IDEMPOTENCY_HEADER or (name == b"transfer-encoding" and not body):
                 return None
         if token is None or not token.startswith(b"Bearer ") or len(token) < 8:
             return None

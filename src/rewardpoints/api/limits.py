@@ -1,8 +1,10 @@
 """Request limits, enforced before the application reads the request: the size of the headers
-and of the request target, a path that is valid UTF-8, and the size of the body."""
+and of the request target, a path that is valid UTF-8, the size of the body, and how deeply
+JSON in the body nests."""
 
 from __future__ import annotations
 
+import re
 from urllib.parse import unquote_to_bytes
 
 from starlette.requests import Request
@@ -13,6 +15,12 @@ from .errors import bad_request
 # The HTTP server (uvicorn with httptools) enforces no limit of its own on either.
 MAX_HEADER_BYTES = 16 * 1024
 MAX_TARGET_BYTES = 8 * 1024
+# Python's json parser recurses once per level and fails with RecursionError somewhere near
+# 1,000 levels, depending on how deep the call stack already is: without a fixed limit the same
+# body could be read or refused depending on the code path. No request of this API nests
+# anywhere near this deep.
+MAX_JSON_NESTING = 128
+_JSON_STRING_OR_BRACKET = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
 
 class BodyLimitMiddleware:
@@ -71,6 +79,10 @@ class BodyLimitMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        if json_nesting_exceeds(body, MAX_JSON_NESTING):
+            response = bad_request(Request(scope), "Malformed JSON request body: nested too deeply")
+            await response(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -109,3 +121,21 @@ def request_line_and_headers_problem(
         except UnicodeDecodeError:
             return "Request path is not valid UTF-8", 400
     return None
+
+
+def json_nesting_exceeds(body: bytes, limit: int) -> bool:
+    """Whether JSON in ``body`` opens more than ``limit`` arrays or objects inside each other
+    (brackets in strings do not count). Cheap for the usual body, which has fewer brackets
+    than the limit in all."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _JSON_STRING_OR_BRACKET.finditer(body):
+        token = match[0]
+        if token == b"[" or token == b"{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif token == b"]" or token == b"}":
+            depth -= 1
+    return False
