@@ -8,8 +8,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from functools import partial
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from . import __version__
 from .api import docs, errors, management, orders, public, redeem_options
@@ -29,6 +31,21 @@ DESCRIPTION = (
     '`rewardpoints token --tenant T --scope "rewardspoints.rewardpoints_view '
     'rewardspoints.rewardpoints_manage"` prints one for development.'
 )
+
+
+class RewardPointsApp(FastAPI):
+    """The FastAPI application, with the fast lane (api/fastlane.py) in front of all of it:
+    the requests it answers skip FastAPI's and Starlette's middleware stack too, whose outer
+    layers only catch errors, which the fast lane answers as they would."""
+
+    fast_lane: FastLane | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_lane is None:
+            await super().__call__(scope, receive, send)
+        else:
+            scope["app"] = self  # as Starlette sets it, for the error handlers' requests
+            await self.fast_lane(scope, receive, send)
 
 
 def create_app(
@@ -64,7 +81,7 @@ def create_app(
                 await pruner
             await engine.dispose()
 
-    app = FastAPI(
+    app = RewardPointsApp(
         title="Reward Points Service",
         description=DESCRIPTION,
         version=__version__,
@@ -88,9 +105,8 @@ def create_app(
     app.include_router(docs.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.fast_lane:
-        # Outside the request limits, which it checks itself for the requests it answers.
-        app.add_middleware(
-            FastLane,
+        app.fast_lane = FastLane(
+            partial(FastAPI.__call__, app),
             ledger=ledger,
             verifier=verifier,
             handlers=app.exception_handlers,

@@ -42,12 +42,27 @@ _IDEMPOTENCY_HEADER = IDEMPOTENCY_HEADER.lower().encode()
 _MAX_CUSTOMER_ID = 255
 
 
-def _integer(value: int) -> Response:
-    return Response(str(value).encode(), media_type="application/json")
+# The messages Starlette's Response sends for the routes' answers (management.py): the
+# balance as a JSON integer, and 201 with no content.
+_JSON_TYPE = (b"content-type", b"application/json")
+_CREATED_START: Message = {
+    "type": "http.response.start",
+    "status": 201,
+    "headers": [(b"content-length", b"0")],
+}
+_NO_BODY: Message = {"type": "http.response.body", "body": b""}
 
 
-def _created() -> Response:
-    return Response(status_code=201)
+async def _send_integer(send: Send, value: int) -> None:
+    body = str(value).encode()
+    headers = [(b"content-length", str(len(body)).encode()), _JSON_TYPE]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_created(send: Send) -> None:
+    await send(dict(_CREATED_START))
+    await send(dict(_NO_BODY))
 
 
 class FastLane:
@@ -102,10 +117,11 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         try:
-            response = _integer(await self.ledger.balance(principal.tenant, customer_id))
+            balance = await self.ledger.balance(principal.tenant, customer_id)
         except Exception as error:
-            response = await self._error_response(scope, error)
-        await response(scope, receive, send)
+            await self._answer_error(scope, receive, send, error)
+            return
+        await _send_integer(send, balance)
 
     async def _add(self, principal: Principal, customer_id: str, body: Any) -> None:
         assert isinstance(body, AddedPointsIn)
@@ -141,29 +157,40 @@ class FastLane:
             return await self._pass_on(scope, receive, send, messages)
         try:
             await command(principal, customer_id, parsed)
-            response = _created()
         except Exception as error:
-            response = await self._error_response(scope, error)
-        await response(scope, receive, send)
+            await self._answer_error(scope, receive, send, error)
+            return
+        await _send_created(send)
 
-    async def _error_response(self, scope: Scope, error: Exception) -> Response:
-        """The response the application's handler for ``error`` gives, found as Starlette
-        finds it (the nearest class in the error's MRO). Errors only the catch-all handler
-        takes are raised on to it, as they are from a route."""
+    async def _answer_error(
+        self, scope: Scope, receive: Receive, send: Send, error: Exception
+    ) -> None:
+        """Answer as the application answers ``error`` raised by a route: with the handler
+        Starlette's ExceptionMiddleware would pick (a status code's, else the nearest class in
+        the error's MRO), else with the catch-all handler, after which the error is raised on
+        to the server, as ServerErrorMiddleware does."""
         keys: list[Any] = list(type(error).__mro__)
         if isinstance(error, HTTPException):
             keys.insert(0, error.status_code)
+        handler: Callable[..., Any] | None = None
         for key in keys:
             if key is Exception:
                 break
             handler = self.handlers.get(key)
             if handler is not None:
-                response = handler(Request(scope), error)
-                if inspect.isawaitable(response):
-                    response = await response
-                assert isinstance(response, Response)
-                return response
-        raise error
+                break
+        catch_all = handler is None
+        if handler is None:
+            handler = self.handlers.get(500) or self.handlers.get(Exception)
+            if handler is None:
+                raise error
+        response = handler(Request(scope), error)
+        if inspect.isawaitable(response):
+            response = await response
+        assert isinstance(response, Response)
+        await response(scope, receive, send)
+        if catch_all:
+            raise error
 
     # ---- what makes a request plain ------------------------------------------------------
 
