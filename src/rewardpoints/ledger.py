@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Site
 from .db import active_transaction_hook, read_transaction, run_transaction, single_read, sqlstate
-from .direct import Direct, StatementError
+from .direct import CoalescedReads, Direct, StatementError
 from .errors import (
     CustomerExists,
     CustomerNotFound,
@@ -170,6 +170,12 @@ class Ledger:
         self._database_clock = clock is utcnow
         # ... and those calls and the balance read go straight to the driver (direct.py).
         self._direct = Direct(engine, lock_timeout_seconds) if self._in_database else None
+        # ... the balance reads waiting at the same moment as one statement (direct.py).
+        self._balances = (
+            CoalescedReads(self._one_balance, self._many_balances, clock)
+            if self._direct is not None
+            else None
+        )
 
     def site(self, site_code: str) -> Site:
         try:
@@ -180,12 +186,12 @@ class Ledger:
     # ---- reads -------------------------------------------------------------------------
 
     async def balance(self, tenant: str, customer_id: str) -> int:
-        now = self.clock()
-        if self._direct is not None:
-            row = await self._direct.fetchrow(_BALANCE_SQL, tenant, customer_id, now)
-            if row is None:
+        if self._balances is not None:
+            balance = await self._balances.read(tenant, customer_id)
+            if balance is None:
                 raise CustomerNotFound(customer_id)
-            return int(row[0])
+            return balance
+        now = self.clock()
         open_points = (
             select(func.coalesce(func.sum(lots.c.points - lots.c.used_points), 0))
             .where(_open_lots_of(tenant, customer_id, now))
@@ -199,6 +205,18 @@ class Ledger:
         if row is None:
             raise CustomerNotFound(customer_id)
         return int(row[0])
+
+    async def _one_balance(self, tenant: str, customer_id: str, now: datetime) -> int | None:
+        assert self._direct is not None
+        row = await self._direct.fetchrow(_BALANCE_SQL, tenant, customer_id, now)
+        return None if row is None else int(row[0])
+
+    async def _many_balances(
+        self, tenants: list[str], customer_ids: list[str], now: datetime
+    ) -> list[int | None]:
+        assert self._direct is not None
+        rows = await self._direct.fetch(_BALANCES_SQL, tenants, customer_ids, now)
+        return [None if row[0] is None else int(row[0]) for row in rows]
 
     async def summary(self, tenant: str, customer_id: str) -> CustomerSummary:
         now = self.clock()
@@ -687,6 +705,18 @@ _BALANCE_SQL = (
     " ELSE COALESCE((SELECT SUM(points - used_points) FROM lots"
     " WHERE tenant = $1 AND customer_id = $2 AND NOT used_up AND valid_until > $3), 0)"
     " END::bigint FROM accounts a WHERE a.tenant = $1 AND a.customer_id = $2"
+)
+
+# The same for many customers at once ($1 tenants, $2 customer ids), one row per pair in their
+# order, NULL for a customer without an entry; each pair is one probe of the accounts' key.
+_BALANCES_SQL = (
+    "SELECT (SELECT CASE WHEN a.active_since <= $3 AND $3 < a.active_until THEN a.active_points"
+    " ELSE COALESCE((SELECT SUM(l.points - l.used_points) FROM lots l"
+    " WHERE l.tenant = a.tenant AND l.customer_id = a.customer_id AND NOT l.used_up"
+    " AND l.valid_until > $3), 0) END::bigint"
+    " FROM accounts a WHERE a.tenant = k.tenant AND a.customer_id = k.customer_id)"
+    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, customer_id, n)"
+    " ORDER BY k.n"
 )
 
 
