@@ -461,3 +461,41 @@ def test_the_fast_lane_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> N
     assert Settings(_env_file=None).fast_lane is False  # type: ignore[call-arg]
     monkeypatch.delenv("REWARDPOINTS_FAST_LANE")
     assert Settings(_env_file=None).fast_lane is True  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), OSError("network down")])
+async def test_an_unexpected_error_is_answered_as_by_the_routes(
+    settings: Settings, start: FakeClock, tenant: str, failure: Exception
+) -> None:
+    """An error no handler expects is a 500 (an OSError a 503), without a stack trace, on
+    both paths; the error still reaches the server's log, as from a route."""
+    answers = []
+    for fast_lane in (True, False):
+        app = create_app(settings.model_copy(update={"fast_lane": fast_lane}), clock=start)
+
+        async def fail(*_: Any) -> int:
+            raise failure
+
+        app.state.ledger.balance = fail
+        app.state.ledger.redeem_points = fail
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            headers = bearer(_token(tenant, (VIEW, MANAGE)))
+            for _ in range(2):  # the second time with a known token
+                for method, path, body in (
+                    ("GET", "/reward-points/customer/c1", None),
+                    ("POST", "/reward-points/customer/c1/redeemPoints", {"points": 1}),
+                ):
+                    answer = await client.request(method, path, json=body, headers=headers)
+                    answers.append((fast_lane, answer))
+        await app.state.ledger.engine.dispose()
+    status = 503 if isinstance(failure, OSError) else 500
+    for _, answer in answers:
+        assert answer.status_code == status
+        body = answer.json()
+        assert set(body) == {"timestamp", "status", "error", "path"}
+        assert body["status"] == status
+        assert "Traceback" not in answer.text and "boom" not in answer.text
+    fast_bodies = [Normaliser(tenant).text(a.text) for lane, a in answers if lane]
+    slow_bodies = [Normaliser(tenant).text(a.text) for lane, a in answers if not lane]
+    assert fast_bodies == slow_bodies
