@@ -109,26 +109,21 @@ class Direct:
 
     async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
         """Run one read-only statement and return all its rows (retried as ``fetchrow``)."""
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            try:
-                rows: list[asyncpg.Record] = await self._run_once("fetch", sql, args)
-                return rows
-            except asyncpg.PostgresError as error:
-                state = error.sqlstate or ""
-                if state not in RETRY_SQLSTATES or attempt == MAX_ATTEMPTS:
-                    if is_unavailable(error):
-                        raise DatabaseUnavailable(str(error)) from error
-                    raise StatementError(state, str(error)) from error
-            await pause_before_retry(attempt)
-        raise AssertionError("unreachable")
+        rows: list[asyncpg.Record] = await self._run("fetch", sql, args, retry_on_unique=False)
+        return rows
 
     async def _fetchrow(
         self, sql: str, args: tuple[Any, ...], retry_on_unique: bool
     ) -> asyncpg.Record | None:
+        row: asyncpg.Record | None = await self._run("fetchrow", sql, args, retry_on_unique)
+        return row
+
+    async def _run(
+        self, method: str, sql: str, args: tuple[Any, ...], retry_on_unique: bool
+    ) -> Any:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                row: asyncpg.Record | None = await self._run_once("fetchrow", sql, args)
-                return row
+                return await self._run_once(method, sql, args)
             except asyncpg.PostgresError as error:
                 state = error.sqlstate or ""
                 retry = state in RETRY_SQLSTATES or (retry_on_unique and state == "23505")
@@ -163,7 +158,7 @@ class Direct:
             await greenlet_spawn(pooled.close)
             return result
         except Exception as error:
-            # The statement's own refusals go to _fetchrow; no connection, a lost one, or no
+            # The statement's own refusals go to _run; no connection, a lost one, or no
             # free one in the pool is a 503.
             if isinstance(error, asyncpg.PostgresError) or not is_unavailable(error):
                 raise
