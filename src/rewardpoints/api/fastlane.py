@@ -2,11 +2,12 @@
 
 A balance read, an addPoints and a redeemPoints are most of a shop's traffic. Through FastAPI
 each one resolves its dependencies (bearer scheme, principal, path validation, body), which
-costs the worker more CPU than the database call itself. The fast lane is an ASGI middleware in
-front of the routes that answers these three requests itself when, and only when, they are
-plain: the usual path and method, no query string, a bearer token the verifier has already
-verified (``TokenVerifier.known_principal``), the scope the route demands, and for a POST a
-JSON body that the route's own model accepts. It then calls the same ledger method the route
+costs the worker more CPU than the database call itself. The fast lane is an ASGI layer in
+front of the whole application (``RewardPointsApp`` in app.py) that answers these three
+requests itself when, and only when, they are plain: the usual path and method, no query
+string, a bearer token the verifier has already verified (``TokenVerifier.known_principal``),
+the scope the route demands, no body on a GET, and for a POST an ``application/json`` body
+within the request limits that the route's own model accepts. It then calls the same ledger method the route
 calls, answers with the same response, and answers the ledger's refusals with the
 application's own error handlers.
 
