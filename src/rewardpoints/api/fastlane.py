@@ -7,9 +7,9 @@ front of the whole application (``RewardPointsApp`` in app.py) that answers thes
 requests itself when, and only when, they are plain: the usual path and method, no query
 string, a bearer token the verifier has already verified (``TokenVerifier.known_principal``),
 the scope the route demands, no body on a GET, and for a POST an ``application/json`` body
-within the request limits that the route's own model accepts. It then calls the same ledger method the route
-calls, answers with the same response, and answers the ledger's refusals with the
-application's own error handlers.
+within the request limits that the route's own model accepts. It then calls the same ledger
+method the route calls, answers with the same response, and answers the ledger's refusals
+with the application's own error handlers.
 
 Anything else (a first sight of a token, a missing scope, an invalid body, an
 ``Idempotency-Key``, a ``siteCode``, an ``Emporix-Tenant`` header that does not match, headers
