@@ -463,6 +463,32 @@ def test_the_fast_lane_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> N
     assert Settings(_env_file=None).fast_lane is True  # type: ignore[call-arg]
 
 
+async def test_switched_off_every_request_reaches_the_routes(
+    settings: Settings, clock: FakeClock, tenant: str
+) -> None:
+    """What the comparisons above compare against: without the fast lane, plain requests with
+    a known token are the routes' to answer too."""
+    app = create_app(settings.model_copy(update={"fast_lane": False}), clock=clock)
+    reached: list[str] = []
+    ledger = app.state.ledger
+
+    async def recorded() -> Any:
+        reached.append("route")
+        return ledger
+
+    app.dependency_overrides[get_ledger] = recorded
+    headers = bearer(token(tenant))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        add = "/reward-points/customer/c1/addPoints"
+        for _ in range(2):
+            assert (await client.post(add, json={"points": 5}, headers=headers)).status_code == 201
+        balance = await client.get("/reward-points/customer/c1", headers=headers)
+        assert (balance.status_code, balance.text) == (200, "10")
+    await ledger.engine.dispose()
+    assert reached == ["route"] * 3
+
+
 @pytest.mark.parametrize("failure", [RuntimeError("boom"), OSError("network down")])
 async def test_an_unexpected_error_is_answered_as_by_the_routes(
     settings: Settings, start: FakeClock, tenant: str, failure: Exception

@@ -698,22 +698,22 @@ _ADD_SQL = (
     "SELECT outcome, entry_id FROM rewardpoints_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 _REDEEM_SQL = "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7, $8)"
-# The active points the last write stored, while no lot they count has expired (migration
-# 0006); else the sum of the open lots.
-_BALANCE_SQL = (
-    "SELECT CASE WHEN a.active_since <= $3 AND $3 < a.active_until THEN a.active_points"
-    " ELSE COALESCE((SELECT SUM(points - used_points) FROM lots"
-    " WHERE tenant = $1 AND customer_id = $2 AND NOT used_up AND valid_until > $3), 0)"
-    " END::bigint FROM accounts a WHERE a.tenant = $1 AND a.customer_id = $2"
-)
-
-# The same for many customers at once ($1 tenants, $2 customer ids), one row per pair in their
-# order, NULL for a customer without an entry; each pair is one probe of the accounts' key.
-_BALANCES_SQL = (
-    "SELECT (SELECT CASE WHEN a.active_since <= $3 AND $3 < a.active_until THEN a.active_points"
+# The balance of account ``a`` at $3: the active points its last write stored, while no lot
+# they count has expired (migration 0006); else the sum of its open lots.
+_ACCOUNT_BALANCE = (
+    "CASE WHEN a.active_since <= $3 AND $3 < a.active_until THEN a.active_points"
     " ELSE COALESCE((SELECT SUM(l.points - l.used_points) FROM lots l"
     " WHERE l.tenant = a.tenant AND l.customer_id = a.customer_id AND NOT l.used_up"
     " AND l.valid_until > $3), 0) END::bigint"
+)
+_BALANCE_SQL = (
+    f"SELECT {_ACCOUNT_BALANCE} FROM accounts a"  # noqa: S608 - fixed text
+    " WHERE a.tenant = $1 AND a.customer_id = $2"
+)
+# The same for many customers at once ($1 tenants, $2 customer ids), one row per pair in their
+# order, NULL for a customer without an entry; each pair is one probe of the accounts' key.
+_BALANCES_SQL = (
+    f"SELECT (SELECT {_ACCOUNT_BALANCE}"  # noqa: S608 - fixed text
     " FROM accounts a WHERE a.tenant = k.tenant AND a.customer_id = k.customer_id)"
     " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, customer_id, n)"
     " ORDER BY k.n"

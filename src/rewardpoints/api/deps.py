@@ -68,6 +68,10 @@ def _customer_id_ok(customer_id: str) -> str:
     return customer_id
 
 
+MAX_CUSTOMER_ID_LENGTH = 255
+# The site of a command that names none with ``?siteCode=``.
+DEFAULT_SITE_CODE = "main"
+
 ViewPrincipal = Annotated[Principal, Depends(employee_with(VIEW_SCOPES))]
 ManagePrincipal = Annotated[Principal, Depends(employee_with(MANAGE_SCOPES))]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
@@ -77,7 +81,7 @@ CustomerId = Annotated[
     Path(
         alias="customerId",
         min_length=1,
-        max_length=255,
+        max_length=MAX_CUSTOMER_ID_LENGTH,
         description="Unique identifier of a customer, generated when the customer is "
         "created through the Customer Service.",
     ),

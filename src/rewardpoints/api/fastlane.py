@@ -34,13 +34,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import MANAGE_SCOPES, VIEW_SCOPES, Principal, TokenVerifier
 from ..ledger import Ledger
+from .deps import DEFAULT_SITE_CODE, MAX_CUSTOMER_ID_LENGTH
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .limits import MAX_JSON_NESTING, json_nesting_exceeds, request_line_and_headers_problem
 from .schemas import AddedPointsIn, RedeemedPointsIn
 
 PREFIX = "/reward-points/customer/"
 _IDEMPOTENCY_HEADER = IDEMPOTENCY_HEADER.lower().encode()
-_MAX_CUSTOMER_ID = 255
 
 
 # The messages Starlette's Response sends for the routes' answers (management.py): the
@@ -126,7 +126,9 @@ class FastLane:
 
     async def _add(self, principal: Principal, customer_id: str, body: Any) -> None:
         assert isinstance(body, AddedPointsIn)
-        await self.ledger.add_points(principal.tenant, customer_id, body.to_lot(), "main")
+        await self.ledger.add_points(
+            principal.tenant, customer_id, body.to_lot(), DEFAULT_SITE_CODE
+        )
 
     async def _redeem(self, principal: Principal, customer_id: str, body: Any) -> None:
         assert isinstance(body, RedeemedPointsIn)
@@ -199,7 +201,7 @@ class FastLane:
         self, scope: Scope, customer_id: str, scopes: tuple[str, ...], *, body: bool
     ) -> Principal | None:
         """The request's principal, when the request is one the fast lane answers."""
-        if not 0 < len(customer_id) <= _MAX_CUSTOMER_ID or "\x00" in customer_id:
+        if not 0 < len(customer_id) <= MAX_CUSTOMER_ID_LENGTH or "\x00" in customer_id:
             return None
         token: bytes | None = None
         tenant_header: bytes | None = None

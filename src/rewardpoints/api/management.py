@@ -10,7 +10,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..documents import summary_document, summary_documents
 from ..errors import InvalidRequest
-from .deps import CustomerId, LedgerDep, ManagePrincipal, SiteCode, ViewPrincipal
+from .deps import DEFAULT_SITE_CODE, CustomerId, LedgerDep, ManagePrincipal, SiteCode, ViewPrincipal
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
@@ -99,7 +99,7 @@ async def create_entry(
     customer_id: CustomerId,
     ledger: LedgerDep,
     body: Annotated[NewCustomerIn | None, Body()] = None,
-    siteCode: SiteCode = "main",  # noqa: N803
+    siteCode: SiteCode = DEFAULT_SITE_CODE,  # noqa: N803
     _key: IdempotencyKey = None,
 ) -> Response:
     """Create the customer's entry, optionally with `startPoints`; 409 if it exists."""
@@ -162,7 +162,7 @@ async def add_points(
     customer_id: CustomerId,
     ledger: LedgerDep,
     body: Annotated[AddedPointsIn, Body()],
-    siteCode: SiteCode = "main",  # noqa: N803
+    siteCode: SiteCode = DEFAULT_SITE_CODE,  # noqa: N803
     _key: IdempotencyKey = None,
 ) -> Response:
     """Credit a lot; the customer's entry is created when missing."""

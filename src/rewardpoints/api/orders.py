@@ -10,7 +10,7 @@ from starlette.responses import Response
 
 from ..documents import dumps
 from ..ledger import AwardedOrder
-from .deps import CustomerId, ManagePrincipal, RewardsDep, SiteCode
+from .deps import DEFAULT_SITE_CODE, CustomerId, ManagePrincipal, RewardsDep, SiteCode
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
 from .schemas import OrderAwardOut, OrderIn, order_award_json
@@ -36,7 +36,7 @@ async def order_changed(
     customer_id: CustomerId,
     rewards: RewardsDep,
     body: Annotated[OrderIn, Body()],
-    siteCode: SiteCode = "main",  # noqa: N803 - Emporix's parameter name
+    siteCode: SiteCode = DEFAULT_SITE_CODE,  # noqa: N803 - Emporix's parameter name
     _key: IdempotencyKey = None,
 ) -> Response:
     """On `COMPLETED`, add floor(total.amount x the site's orderValueToRewardPointsFactor)

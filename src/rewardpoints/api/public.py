@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
 from ..documents import dumps, summary_document
-from .deps import CustomerPrincipal, LedgerDep, RewardsDep, SiteCode
+from .deps import DEFAULT_SITE_CODE, CustomerPrincipal, LedgerDep, RewardsDep, SiteCode
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
@@ -83,7 +83,7 @@ async def redeem_for_coupon(
     principal: CustomerPrincipal,
     rewards: RewardsDep,
     body: Annotated[RedeemIn, Body()],
-    siteCode: SiteCode = "main",  # noqa: N803 - Emporix's parameter name
+    siteCode: SiteCode = DEFAULT_SITE_CODE,  # noqa: N803 - Emporix's parameter name
     _key: IdempotencyKey = None,
 ) -> Response:
     """Spend the option's points and answer the new coupon's code. If the coupon cannot be
