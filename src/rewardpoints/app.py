@@ -22,7 +22,7 @@ from .auth import JwksCache, TokenVerifier
 from .config import Settings
 from .db import create_engine, is_unavailable
 from .idempotency import IdempotencyStore
-from .ledger import Clock, Ledger, utcnow
+from .ledger import BatchExport, Clock, Ledger, utcnow
 from .rewards import build_rewards
 
 DESCRIPTION = (
@@ -61,6 +61,9 @@ def create_app(
         settings.sites(),
         clock or utcnow,
         lock_timeout_seconds=settings.lock_timeout_ms / 1000,
+        batch_export=BatchExport(
+            settings.summary_batch_connections, settings.summary_batch_range_customers
+        ),
     )
     verifier = TokenVerifier(settings, jwks=jwks)
 

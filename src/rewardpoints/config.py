@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     # Plain balance, addPoints and redeemPoints requests answered without FastAPI's
     # per-request machinery (api/fastlane.py); the answers are the same either way.
     fast_lane: bool = True
+    # summaryBatch on PostgreSQL reads the tenant in ranges of this many customers, on up to
+    # this many connections sharing one snapshot, so several PostgreSQL backends build the
+    # documents at once while they are sent in order (documents.py).
+    summary_batch_connections: int = Field(default=2, ge=1, le=16)
+    summary_batch_range_customers: int = Field(default=2000, ge=1, le=1_000_000)
 
     @field_validator("jwt_public_key")
     @classmethod

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
+import anyio
 import asyncpg
 from sqlalchemy import text
 
@@ -135,45 +136,72 @@ LEFT JOIN LATERAL (
 WHERE a.tenant = :tenant AND a.customer_id = :customer
 """)
 
-# Every customer's document of tenant $1, ordered by customer id, with $2 as now. The tenant's
-# lots, redemptions and accounts are each read once in customer order (their indexes' order) and
-# merged, with no probe per customer or per lot (a probe per lot cost 2 s of 6 for 1M lots). The
-# usedWith lists are made first, one per used lot, and sorted into the lots' order: the only
-# sort, of the used lots alone. From then on the rows stream out as they are made.
-_ALL_DOCUMENTS = f"""
-WITH used AS (
-    SELECT k.customer_id, k.created_at, k.id,
-           string_agg({_USED_WITH_ITEM}, ',' {_USED_WITH_ORDER}) AS items
-    FROM lot_usages u
-    JOIN lots k ON k.tenant = u.tenant AND k.id = u.lot_id
-    WHERE u.tenant = $1
-    GROUP BY k.customer_id, k.created_at, k.id
-), l AS (
+# A used lot's usedWith list: one probe of lot_usages' primary key. Lots with no point used
+# (most of the open ones) have none and are not probed.
+_USED_WITH_OF_USED_LOT = f"CASE WHEN lo.used_points > 0 THEN {_USED_WITH_OF_LOT} END"
+
+
+def _range_documents(*, lower: bool, upper: bool) -> str:
+    """The documents of tenant $1's customers in one range of ids, ordered by id; $2 is now.
+
+    The range is ``[$3, $4)``, without the bounds not asked for (``$3`` is then the upper one).
+    The accounts, lots and redemptions of the range are each read once in customer order (their
+    indexes' order) and merged: no probe per customer, and the only probe per lot is the usedWith
+    list of a used lot. From the first customer on, the rows stream out as they are made.
+    """
+    bounds = []
+    if lower:
+        bounds.append(">= $3")
+    if upper:
+        bounds.append(f"< ${4 if lower else 3}")
+
+    def within(column: str) -> str:
+        return "".join(f" AND {column} {bound}" for bound in bounds)
+
+    return f"""
+WITH l AS (
     SELECT lo.customer_id,
            {_ACTIVE.format(now="$2")} AS active,
-           string_agg({_lot_item("used.items")}, ',' {_LOT_ORDER}) AS items
+           string_agg({_lot_item(_USED_WITH_OF_USED_LOT)}, ',' {_LOT_ORDER}) AS items
     FROM lots lo
-    LEFT JOIN used
-      ON used.customer_id = lo.customer_id AND used.created_at = lo.created_at
-         AND used.id = lo.id
-    WHERE lo.tenant = $1
+    WHERE lo.tenant = $1{within("lo.customer_id")}
     GROUP BY lo.customer_id
 ), r AS (
     SELECT re.customer_id, string_agg({_REDEMPTION_ITEM}, ',' {_REDEMPTION_ORDER}) AS items
     FROM redemptions re
-    WHERE re.tenant = $1
+    WHERE re.tenant = $1{within("re.customer_id")}
     GROUP BY re.customer_id
 )
 SELECT {_DOCUMENT} AS document
 FROM accounts a
 LEFT JOIN l ON l.customer_id = a.customer_id
 LEFT JOIN r ON r.customer_id = a.customer_id
-WHERE a.tenant = $1
+WHERE a.tenant = $1{within("a.customer_id")}
 ORDER BY a.customer_id
 """
 
-# COPY data read ahead of the response, in the driver's reads (256 KB each at most).
-_COPY_CHUNKS_AHEAD = 4
+
+# Where tenant :tenant's ranges of :per customers begin: the id of every :per-th customer but the
+# first (the first range has no lower bound, the last no upper one).
+_RANGE_STARTS = text("""
+SELECT customer_id FROM (
+    SELECT customer_id, row_number() OVER (ORDER BY customer_id) AS n
+    FROM accounts WHERE tenant = :tenant
+) AS numbered
+WHERE n % :per = 1 AND n > 1
+ORDER BY customer_id
+""")
+
+# Each connection of an export runs these first. JIT compilation would cost more than it saves
+# (~0.5 s of LLVM for a million lots). A nested loop is never right for these merges, but it is
+# what the planner picks for a range of a tenant whose statistics are missing or stale (just
+# loaded in bulk, not analysed yet): every customer of the range would rebuild the range's lists.
+_EXPORT_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL enable_nestloop = off")
+
+# COPY data read ahead of the response on each connection, in the driver's reads (256 KB each
+# at most). A connection whose range is not being sent yet fills this while the one before it
+# is sent: as long as a range's documents fit, both backends build documents all the time.
+_COPY_AHEAD_BYTES = 8 * 1024 * 1024
 # PostgreSQL sends COPY data 8 KB at a time. While it makes the documents more slowly than they
 # are sent on, every read would hand over one such piece, and the per-read work of the driver
 # and of the response (some 30,000 times for 1M lots) would cost more than the copying itself.
@@ -206,69 +234,140 @@ async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]
     """Every customer's document, ordered by customer id, as the elements of a JSON array.
 
     Each item holds one document or, on PostgreSQL, several separated by commas, so the items
-    joined with commas are the array's elements. PostgreSQL sends the documents with
-    ``COPY ... TO STDOUT``: one statement (one snapshot), written as fast as the documents are
-    made and read as fast as they are sent, a few chunks ahead of the response at most.
+    joined with commas are the array's elements. On PostgreSQL the tenant's customers are read in
+    ranges (``BatchExport.range_customers`` each) with ``COPY ... TO STDOUT``, on up to
+    ``BatchExport.connections`` connections that share one snapshot: while one range is sent,
+    the next ones are being made by other PostgreSQL backends, a bounded amount ahead. Every
+    range is read as fast as it is sent, and the response is the tenant as of one moment.
     """
     if not _in_database(ledger):
         async for summary in ledger.stream_summaries(tenant):
             yield dumps(summary_json(summary))
         return
-    async with read_transaction(ledger.engine) as conn:
-        # JIT compilation would cost more than it saves in this query (~0.5 s of LLVM).
-        await conn.execute(text("SET LOCAL jit = off"))
-        fairy = await conn.get_raw_connection()
-        driver: asyncpg.Connection = fairy.driver_connection
-        copied = _copy_rows(driver, _ALL_DOCUMENTS, tenant, ledger.clock())
+    export = ledger.batch_export
+    now = ledger.clock()
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(read_transaction(ledger.engine, snapshot=True))
+        connections = [first]
+        copies: list[_RangeCopy] = []
         try:
-            async with aclosing(copied):
-                async for rows in copied:
-                    # In COPY's text format a row ends with a newline and a backslash in it is
-                    # doubled; a JSON document has no other character that COPY escapes (JSON
-                    # escapes every control character), and no newline.
-                    yield rows.replace(b"\\\\", b"\\").replace(b"\n", b",")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-            if not is_unavailable(error):
-                raise
-            await conn.invalidate()
-            raise DatabaseUnavailable(str(error)) from error
-        except BaseException:
-            # Closed half-way (the client went away) or cancelled: the connection's state is
-            # unknown, so it does not go back to the pool.
-            await conn.invalidate()
+            for statement in _EXPORT_SETTINGS:
+                await first.execute(text(statement))
+            starts = (
+                await first.execute(
+                    _RANGE_STARTS, {"tenant": tenant, "per": export.range_customers}
+                )
+            ).scalars()
+            bounds = [str(start) for start in starts]
+            ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
+            with export.claim(min(len(ranges), export.connections) - 1) as extra:
+                if extra:
+                    exported = await first.execute(text("SELECT pg_export_snapshot()"))
+                    # PostgreSQL's own identifier ("00000003-0000001B-1"): nothing to quote.
+                    importing = text(f"SET TRANSACTION SNAPSHOT '{exported.scalar_one()}'")
+                    for _ in range(extra):
+                        conn = await stack.enter_async_context(
+                            read_transaction(ledger.engine, snapshot=True)
+                        )
+                        connections.append(conn)
+                        await conn.execute(importing)
+                        for statement in _EXPORT_SETTINGS:
+                            await conn.execute(text(statement))
+                for index, conn in enumerate(connections):
+                    fairy = await conn.get_raw_connection()
+                    driver: asyncpg.Connection = fairy.driver_connection
+                    statements = [
+                        _range_statement(tenant, now, lower, upper)
+                        for lower, upper in ranges[index :: len(connections)]
+                    ]
+                    copies.append(_RangeCopy(driver, statements))
+                for index in range(len(ranges)):
+                    async for rows in copies[index % len(copies)].rows():
+                        # In COPY's text format a row ends with a newline and a backslash in it
+                        # is doubled; a JSON document has no other character that COPY escapes
+                        # (JSON escapes every control character), and no newline.
+                        yield rows.replace(b"\\\\", b"\\").replace(b"\n", b",")
+        except BaseException as error:
+            # Failed, closed half-way (the client went away) or cancelled: the connections'
+            # state is unknown, so they do not go back to the pool. Shielded: a cancelled
+            # response would otherwise stop this at its first wait, leaving the rest open.
+            with anyio.CancelScope(shield=True):
+                for copy in copies:
+                    copy.cancel()
+                for conn in connections:
+                    await conn.invalidate()
+                for copy in copies:
+                    await copy.close()
+            driver_error = isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError))
+            if driver_error and is_unavailable(error):
+                raise DatabaseUnavailable(str(error)) from error
             raise
+        for copy in copies:
+            await copy.close()
 
 
-async def _copy_rows(
-    driver: asyncpg.Connection, query: str, *args: Any
-) -> AsyncGenerator[bytes, None]:
-    """The rows of ``COPY (query) TO STDOUT``, some whole rows at a time, newline-separated.
+def _range_statement(
+    tenant: str, now: datetime, lower: str | None, upper: str | None
+) -> tuple[str, tuple[Any, ...]]:
+    query = _range_documents(lower=lower is not None, upper=upper is not None)
+    bounds = tuple(bound for bound in (lower, upper) if bound is not None)
+    return query, (tenant, now, *bounds)
 
-    The COPY runs in a task of its own and hands over what the driver reads; it waits while
-    ``_COPY_CHUNKS_AHEAD`` chunks are not taken yet, and the driver stops reading meanwhile, so
+
+_RANGE_END = object()
+
+
+class _RangeCopy:
+    """The rows of ``COPY (query) TO STDOUT`` of several statements, one after another, on one
+    connection, some whole rows at a time, newline-separated.
+
+    The COPYs run in a task of their own and hand over what the driver reads; it waits while
+    ``_COPY_AHEAD_BYTES`` are not taken yet, and the driver stops reading meanwhile, so
     PostgreSQL waits too.
     """
-    chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
-    room = asyncio.Semaphore(_COPY_CHUNKS_AHEAD)
 
-    async def sink(chunk: bytes) -> None:
-        await room.acquire()
-        chunks.put_nowait(chunk)
+    def __init__(
+        self, driver: asyncpg.Connection, statements: list[tuple[str, tuple[Any, ...]]]
+    ) -> None:
+        self._chunks: asyncio.Queue[bytes | object | None] = asyncio.Queue()
+        self._ahead = 0  # bytes handed over and not taken yet
+        self._room = asyncio.Event()
+        self._room.set()
+        self._task = asyncio.create_task(self._copy(driver, statements))
+        self._task.add_done_callback(lambda _: self._chunks.put_nowait(None))
+
+    async def _copy(
+        self, driver: asyncpg.Connection, statements: list[tuple[str, tuple[Any, ...]]]
+    ) -> None:
+        for query, args in statements:
+            await driver.copy_from_query(query, *args, output=self._sink, timeout=_COPY_SECONDS)
+            self._chunks.put_nowait(_RANGE_END)
+
+    async def _sink(self, chunk: bytes) -> None:
+        while self._ahead >= _COPY_AHEAD_BYTES:
+            self._room.clear()
+            await self._room.wait()
+        self._ahead += len(chunk)
+        self._chunks.put_nowait(chunk)
         if len(chunk) < _COPY_SMALL_READ:
             await asyncio.sleep(_COPY_GATHER_SECONDS)
 
-    copy = asyncio.create_task(
-        driver.copy_from_query(query, *args, output=sink, timeout=_COPY_SECONDS)
-    )
-    copy.add_done_callback(lambda _: chunks.put_nowait(None))
-    partial: list[bytes] = []  # the start of a row that has not ended yet
-    try:
+    async def rows(self) -> AsyncIterator[bytes]:
+        """The next statement's rows."""
+        partial: list[bytes] = []  # the start of a row that has not ended yet
         while True:
             async with asyncio.timeout(_COPY_WAIT_SECONDS):
-                chunk = await chunks.get()
-            if chunk is None:
-                break
-            room.release()
+                chunk = await self._chunks.get()
+            if chunk is _RANGE_END:
+                if partial:  # COPY ends every row with a newline; this is defensive only
+                    yield b"".join(partial)
+                return
+            if chunk is None:  # the COPYs ended before this statement's did
+                await self._task  # its error
+                raise RuntimeError("COPY ended without its statement's rows")
+            chunk = cast(bytes, chunk)  # the driver hands over bytes (a bytearray in fact)
+            self._ahead -= len(chunk)
+            self._room.set()
             end = chunk.rfind(b"\n")
             if end < 0:
                 partial.append(chunk)
@@ -282,10 +381,14 @@ async def _copy_rows(
             if end + 1 < len(chunk):
                 partial.append(chunk[end + 1 :])
             yield rows
-        await copy  # its error, if it failed
-    finally:
-        if not copy.done():
-            copy.cancel()
-            await asyncio.wait([copy])
-        if not copy.cancelled():
-            copy.exception()  # retrieved: it is raised above, or the rows were not wanted
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+    async def close(self) -> None:
+        task = self._task
+        if not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # retrieved: it is raised by rows(), or the rows were not wanted

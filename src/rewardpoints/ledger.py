@@ -13,7 +13,8 @@ import calendar
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -143,6 +144,31 @@ class AwardedOrder:
     created: bool  # False: the order had been awarded before, and nothing was added now
 
 
+@dataclass(slots=True)
+class BatchExport:
+    """How summaryBatch reads a tenant on PostgreSQL (documents.py): in ranges of
+    ``range_customers`` customers, on up to ``connections`` connections at once.
+
+    An export takes one connection and as many more as it can use and are free: the exports of
+    one process together hold at most ``connections - 1`` more than one each, so they cannot
+    wait for each other's connections, and a second export at the same time reads on one.
+    """
+
+    connections: int = 2
+    range_customers: int = 2000
+    _extra_in_use: int = 0
+
+    @contextmanager
+    def claim(self, wanted: int) -> Iterator[int]:
+        """As many extra connections as are free, up to ``wanted``, until the block ends."""
+        taken = max(0, min(wanted, self.connections - 1 - self._extra_in_use))
+        self._extra_in_use += taken
+        try:
+            yield taken
+        finally:
+            self._extra_in_use -= taken
+
+
 def _digest(parts: Sequence[Any]) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
 
@@ -159,8 +185,10 @@ class Ledger:
         clock: Clock = utcnow,
         *,
         lock_timeout_seconds: float = 5.0,
+        batch_export: BatchExport | None = None,
     ) -> None:
         self.engine = engine
+        self.batch_export = batch_export or BatchExport()
         self.sites = sites
         self.clock = clock
         # On PostgreSQL, add and redeem run as one call of a database function (migration
