@@ -188,7 +188,7 @@ SELECT customer_id FROM (
     SELECT customer_id, row_number() OVER (ORDER BY customer_id) AS n
     FROM accounts WHERE tenant = :tenant
 ) AS numbered
-WHERE n % :per = 1 AND n > 1
+WHERE n > 1 AND (n - 1) % :per = 0
 ORDER BY customer_id
 """)
 

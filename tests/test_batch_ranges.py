@@ -1,0 +1,304 @@
+"""summaryBatch on PostgreSQL reads the tenant in ranges of customers, on several connections
+that share one snapshot. Whatever the ranges and the connections, the answer is the same bytes:
+every customer's summary, in customer order, as of one moment."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from rewardpoints.app import create_app
+from rewardpoints.cli import migrate
+from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents
+from rewardpoints.ledger import BatchExport
+
+from .conftest import _admin, bearer, make_settings, token
+from .support import FakeClock
+
+# Ordered bytewise ("0" < "A" < "Z9" < "a" < "b-1" < "z" < "ä"); two have no lot at all.
+CUSTOMERS = ["z", "a", "A", "b-1", "0", "Z9", "ä", "n-empty", "m-empty"]
+
+
+@asynccontextmanager
+async def served(url: str, clock: FakeClock, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(make_settings(url, **overrides), clock=clock)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+    finally:
+        await app.state.ledger.engine.dispose()
+
+
+async def _seed(http: httpx.AsyncClient, headers: dict[str, str], clock: FakeClock) -> None:
+    """Customers with lots, redemptions that span lots (usedWith lists), and empty customers."""
+    for number, customer in enumerate(CUSTOMERS):
+        path = f"/reward-points/customer/{customer}"
+        if customer.endswith("-empty"):
+            created = await http.post(path, json={"customerId": customer}, headers=headers)
+            assert created.status_code == 200, created.text
+            continue
+        for points in (10, 20 + number, 5):
+            added = await http.post(f"{path}/addPoints", json={"points": points}, headers=headers)
+            assert added.status_code == 201, added.text
+            clock.advance(seconds=1)
+        for points in (15, number + 1):
+            spent = await http.post(
+                f"{path}/redeemPoints", json={"points": points}, headers=headers
+            )
+            assert spent.status_code == 201, spent.text
+            clock.advance(seconds=1)
+
+
+async def _expected(http: httpx.AsyncClient, headers: dict[str, str]) -> bytes:
+    """The customers' own summaries, in customer order, as one JSON array."""
+    documents = []
+    for customer in sorted(CUSTOMERS, key=str.encode):
+        answer = await http.get(f"/reward-points/customer/{customer}/summary", headers=headers)
+        assert answer.status_code == 200, answer.text
+        documents.append(answer.content)
+    return b"[" + b",".join(documents) + b"]"
+
+
+@pytest.mark.parametrize(
+    ("connections", "range_customers"),
+    [(1, 1_000_000), (1, 2), (2, 1), (2, 4), (3, 2), (16, 1)],
+)
+async def test_every_split_into_ranges_and_connections_answers_the_same_bytes(
+    pg_url: str, tenant: str, connections: int, range_customers: int
+) -> None:
+    clock = FakeClock()
+    headers = bearer(token(tenant))
+    async with served(pg_url, clock) as http:
+        await _seed(http, headers, clock)
+        expected = await _expected(http, headers)
+    parsed = json.loads(expected)
+    assert [document["customerId"] for document in parsed] == sorted(CUSTOMERS, key=str.encode)
+    assert any(lot["usedWith"] for lot in parsed[0]["summary"]["addedPointsList"])
+    async with served(
+        pg_url,
+        clock,
+        summary_batch_connections=connections,
+        summary_batch_range_customers=range_customers,
+    ) as http:
+        batch = await http.get("/reward-points/summaryBatch", headers=headers)
+    assert batch.status_code == 200, batch.text
+    assert batch.content == expected
+
+
+async def test_exports_at_the_same_time_are_each_whole(pg_url: str, tenant: str) -> None:
+    """Three at once on one process: one reads on two connections, the others on one each."""
+    clock = FakeClock()
+    headers = bearer(token(tenant))
+    async with served(
+        pg_url, clock, summary_batch_connections=2, summary_batch_range_customers=1
+    ) as http:
+        await _seed(http, headers, clock)
+        expected = await _expected(http, headers)
+        answers = await asyncio.gather(
+            *(http.get("/reward-points/summaryBatch", headers=headers) for _ in range(3))
+        )
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    assert [answer.content for answer in answers] == [expected] * 3
+
+
+# One point more for "a" and then for "z" (on their one lot), each committed on its own, over
+# and over, as fast as PostgreSQL runs them: no moment of the export goes without a write.
+_ADD_ALTERNATELY = """
+DO $$
+DECLARE
+    customer text;
+BEGIN
+    FOR round IN 1..100000000 LOOP
+        FOREACH customer IN ARRAY ARRAY['a', 'z'] LOOP
+            UPDATE lots SET points = points + 1
+             WHERE tenant = '{tenant}' AND customer_id = customer;
+            COMMIT;
+        END LOOP;
+    END LOOP;
+END
+$$
+"""
+
+
+async def test_every_range_is_read_as_of_the_same_moment(pg_url: str, tenant: str) -> None:
+    """Points are added to "a" and then to "z", over and over, while the tenant is exported with
+    "a" and "z" in ranges of their own on different connections. Read as of one moment, "a" has
+    as many points as "z" or one more; a range read later than the other would see "z" ahead."""
+    clock = FakeClock()
+    headers = bearer(token(tenant))
+    url = make_url(pg_url)
+    writer_conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+    # A commit need not wait for the disk here, so the writes come many to a millisecond.
+    await writer_conn.execute("SET synchronous_commit = off")
+    try:
+        async with served(
+            pg_url, clock, summary_batch_connections=2, summary_batch_range_customers=1
+        ) as http:
+            for customer in ("a", "z"):
+                added = await http.post(
+                    f"/reward-points/customer/{customer}/addPoints",
+                    json={"points": 1},
+                    headers=headers,
+                )
+                assert added.status_code == 201, added.text
+            writer = asyncio.create_task(
+                writer_conn.execute(_ADD_ALTERNATELY.format(tenant=tenant))
+            )
+            seen: list[tuple[int, int]] = []
+            try:
+                for _ in range(40):
+                    batch = await http.get("/reward-points/summaryBatch", headers=headers)
+                    assert batch.status_code == 200, batch.text
+                    points = {doc["customerId"]: doc["activePoints"] for doc in batch.json()}
+                    seen.append((points["a"], points["z"]))
+            finally:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+    finally:
+        await writer_conn.close()
+    assert len({a for a, _ in seen}) == len(seen)  # every export saw other writes
+    assert all(a - z in (0, 1) for a, z in seen), seen
+
+
+def test_extra_connections_are_shared_by_the_exports_of_a_process() -> None:
+    export = BatchExport(connections=3, range_customers=10)
+    with export.claim(5) as first:
+        assert first == 2
+        with export.claim(1) as second:
+            assert second == 0
+    with export.claim(1) as third:
+        assert third == 1
+        with export.claim(4) as fourth:
+            assert fourth == 1
+    with export.claim(0) as none:
+        assert none == 0
+    assert BatchExport(connections=1).claim(3).__enter__() == 0
+
+
+# ---- a tenant loaded in bulk, before PostgreSQL has any statistics of it -------------------
+
+
+@pytest.fixture
+def unanalysed_url(pg_server_url: str) -> Iterator[str]:
+    """A database of its own, migrated, where autovacuum never analyses the ledger's tables."""
+    name = f"rp_test_{os.getpid()}_{secrets.token_hex(4)}"
+    asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}"'))
+    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(make_settings(url))
+        asyncio.run(
+            _admin(
+                url,
+                *(
+                    f"ALTER TABLE {table} SET (autovacuum_enabled = false)"
+                    for table in ("accounts", "lots", "redemptions", "lot_usages")
+                ),
+            )
+        )
+        yield url
+    finally:
+        asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _bulk_load(conn: asyncpg.Connection, tenant: str, customers: int) -> None:
+    """``customers`` customers with two lots each, the first one partly used, in one go."""
+    now = datetime.now(UTC)
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO accounts SELECT $1, 'c' || lpad(g::text, 5, '0'), $2"
+            " FROM generate_series(1, $3) g",
+            tenant,
+            now,
+            customers,
+        )
+        await conn.execute(
+            "INSERT INTO lots (tenant, id, customer_id, description, points, used_points,"
+            " created_at, valid_until, all_points_after_creation, request_hash)"
+            " SELECT $1, 'l' || g || '-' || k, 'c' || lpad(g::text, 5, '0'), 'added', 100,"
+            " CASE k WHEN 1 THEN 40 ELSE 0 END, $2::timestamptz + k * interval '1 second',"
+            " $3, 100 * k, 'h' FROM generate_series(1, $4) g, generate_series(1, 2) k",
+            tenant,
+            now - timedelta(days=1),
+            now + timedelta(days=365),
+            customers,
+        )
+        await conn.execute(
+            "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
+            " created_at, all_points_after_creation, request_hash)"
+            " SELECT $1, 'r' || g, 'c' || lpad(g::text, 5, '0'), 'spent', 40, $2, 160, 'h'"
+            " FROM generate_series(1, $3) g",
+            tenant,
+            now - timedelta(hours=1),
+            customers,
+        )
+        await conn.execute(
+            "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
+            " SELECT $1, 'l' || g || '-1', 'r' || g, 40, $2 FROM generate_series(1, $3) g",
+            tenant,
+            now - timedelta(hours=1),
+            customers,
+        )
+
+
+async def test_a_tenant_without_statistics_is_read_by_merging_never_customer_by_customer(
+    unanalysed_url: str, tenant: str
+) -> None:
+    """Just after a bulk load PostgreSQL has no statistics of the rows, and for a range of
+    customers it would choose nested loops that rebuild the range's lists once per customer
+    (tens of seconds for 2,000 customers). The export's plans merge instead."""
+    url = make_url(unanalysed_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+    try:
+        await _bulk_load(conn, tenant, 3000)
+        analysed = await conn.fetchval(
+            "SELECT count(*) FROM pg_stats WHERE tablename IN ('accounts', 'lots', 'redemptions')"
+        )
+        assert analysed == 0
+        now = datetime.now(UTC)
+        async with conn.transaction(isolation="repeatable_read"):
+            for statement in _EXPORT_SETTINGS:
+                await conn.execute(statement)
+            for lower, upper in [(True, True), (True, False), (False, True), (False, False)]:
+                bounds = [
+                    value for value, wanted in (("c00100", lower), ("c02100", upper)) if wanted
+                ]
+                query = _range_documents(lower=lower, upper=upper)
+                plan = "\n".join(
+                    row[0] for row in await conn.fetch(f"EXPLAIN {query}", tenant, now, *bounds)
+                )
+                assert "Merge Left Join" in plan, plan
+                assert "Nested Loop" not in plan, plan
+    finally:
+        await conn.close()
+
+    clock = FakeClock()
+    headers = bearer(token(tenant))
+    async with served(unanalysed_url, clock, summary_batch_range_customers=2000) as http:
+        batch = await http.get("/reward-points/summaryBatch", headers=headers)
+        assert batch.status_code == 200, batch.text
+        documents = batch.json()
+        assert [document["customerId"] for document in documents] == [
+            f"c{number:05d}" for number in range(1, 3001)
+        ]
+        single = await http.get("/reward-points/customer/c02999/summary", headers=headers)
+    assert documents[2998] == single.json()
+    assert documents[2998]["summary"]["addedPointsList"][0]["usedWith"] == ["r2999"]
+    assert documents[2998]["activePoints"] == 160
