@@ -145,6 +145,8 @@ async def test_every_range_is_read_as_of_the_same_moment(pg_url: str, tenant: st
     )
     # A commit need not wait for the disk here, so the writes come many to a millisecond.
     await writer_conn.execute("SET synchronous_commit = off")
+    # Should this test die half-way, PostgreSQL ends the writes itself.
+    await writer_conn.execute("SET statement_timeout = '60s'")
     try:
         async with served(
             pg_url, clock, summary_batch_connections=2, summary_batch_range_customers=1
