@@ -5,6 +5,7 @@ and no throwaway server can be started, the run fails instead of skipping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -90,9 +91,9 @@ def pg_server_url() -> Iterator[str]:
         yield throwaway_url
 
 
-@pytest.fixture(scope="session")
-def pg_url(pg_server_url: str) -> Iterator[str]:
-    """A fresh database for this run, built by the migrations, dropped afterwards."""
+@contextlib.contextmanager
+def fresh_database(pg_server_url: str) -> Iterator[str]:
+    """A database of its own on the server, built by the migrations, dropped afterwards."""
     name = f"rp_test_{os.getpid()}_{secrets.token_hex(4)}"
     asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}"'))
     url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
@@ -101,6 +102,13 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
         yield url
     finally:
         asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server_url: str) -> Iterator[str]:
+    """A fresh database for this run."""
+    with fresh_database(pg_server_url) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Helpers shared by the tests: a controllable clock, a throwaway PostgreSQL, a real server."""
+"""Helpers shared by the tests: a controllable clock, a throwaway PostgreSQL, a real server, a
+tenant loaded in bulk."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -307,3 +309,49 @@ def restart_throwaway_postgres(data_directory: str) -> None:
         capture_output=True,
         timeout=60,
     )
+
+
+BULK_DESCRIPTION = 'a lot with \\ and " and ü'
+
+
+async def bulk_load(conn: Any, tenant: str, customers: int) -> None:
+    """Customers c00001 .. with two lots each, the first with 40 of its 100 points used by one
+    redemption, written with one statement per table in one transaction (an asyncpg
+    connection): as an import would, not through the service."""
+    now = datetime.now(UTC)
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO accounts SELECT $1, 'c' || lpad(g::text, 5, '0'), $2"
+            " FROM generate_series(1, $3) g",
+            tenant,
+            now,
+            customers,
+        )
+        await conn.execute(
+            "INSERT INTO lots (tenant, id, customer_id, description, points, used_points,"
+            " created_at, valid_until, all_points_after_creation, request_hash)"
+            " SELECT $1, 'l' || g || '-' || k, 'c' || lpad(g::text, 5, '0'), $5, 100,"
+            " CASE k WHEN 1 THEN 40 ELSE 0 END, $2::timestamptz + k * interval '1 second',"
+            " $3, 100 * k, 'h' FROM generate_series(1, $4) g, generate_series(1, 2) k",
+            tenant,
+            now - timedelta(days=1),
+            now + timedelta(days=365),
+            customers,
+            BULK_DESCRIPTION,
+        )
+        await conn.execute(
+            "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
+            " created_at, all_points_after_creation, request_hash)"
+            " SELECT $1, 'r' || g, 'c' || lpad(g::text, 5, '0'), 'spent', 40, $2, 160, 'h'"
+            " FROM generate_series(1, $3) g",
+            tenant,
+            now - timedelta(hours=1),
+            customers,
+        )
+        await conn.execute(
+            "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
+            " SELECT $1, 'l' || g || '-1', 'r' || g, 40, $2 FROM generate_series(1, $3) g",
+            tenant,
+            now - timedelta(hours=1),
+            customers,
+        )

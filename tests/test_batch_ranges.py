@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -20,12 +18,11 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
-from rewardpoints.cli import migrate
 from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents
 from rewardpoints.ledger import BatchExport
 
-from .conftest import _admin, bearer, make_settings, token
-from .support import FakeClock
+from .conftest import _admin, bearer, fresh_database, make_settings, token
+from .support import FakeClock, bulk_load
 
 # Ordered bytewise ("0" < "A" < "Z9" < "a" < "b-1" < "z" < "ä"); two have no lot at all.
 CUSTOMERS = ["z", "a", "A", "b-1", "0", "Z9", "ä", "n-empty", "m-empty"]
@@ -199,11 +196,7 @@ def test_extra_connections_are_shared_by_the_exports_of_a_process() -> None:
 @pytest.fixture
 def unanalysed_url(pg_server_url: str) -> Iterator[str]:
     """A database of its own, migrated, where autovacuum never analyses the ledger's tables."""
-    name = f"rp_test_{os.getpid()}_{secrets.token_hex(4)}"
-    asyncio.run(_admin(pg_server_url, f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        migrate(make_settings(url))
+    with fresh_database(pg_server_url) as url:
         asyncio.run(
             _admin(
                 url,
@@ -214,48 +207,6 @@ def unanalysed_url(pg_server_url: str) -> Iterator[str]:
             )
         )
         yield url
-    finally:
-        asyncio.run(_admin(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-async def _bulk_load(conn: asyncpg.Connection, tenant: str, customers: int) -> None:
-    """``customers`` customers with two lots each, the first one partly used, in one go."""
-    now = datetime.now(UTC)
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO accounts SELECT $1, 'c' || lpad(g::text, 5, '0'), $2"
-            " FROM generate_series(1, $3) g",
-            tenant,
-            now,
-            customers,
-        )
-        await conn.execute(
-            "INSERT INTO lots (tenant, id, customer_id, description, points, used_points,"
-            " created_at, valid_until, all_points_after_creation, request_hash)"
-            " SELECT $1, 'l' || g || '-' || k, 'c' || lpad(g::text, 5, '0'), 'added', 100,"
-            " CASE k WHEN 1 THEN 40 ELSE 0 END, $2::timestamptz + k * interval '1 second',"
-            " $3, 100 * k, 'h' FROM generate_series(1, $4) g, generate_series(1, 2) k",
-            tenant,
-            now - timedelta(days=1),
-            now + timedelta(days=365),
-            customers,
-        )
-        await conn.execute(
-            "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
-            " created_at, all_points_after_creation, request_hash)"
-            " SELECT $1, 'r' || g, 'c' || lpad(g::text, 5, '0'), 'spent', 40, $2, 160, 'h'"
-            " FROM generate_series(1, $3) g",
-            tenant,
-            now - timedelta(hours=1),
-            customers,
-        )
-        await conn.execute(
-            "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
-            " SELECT $1, 'l' || g || '-1', 'r' || g, 40, $2 FROM generate_series(1, $3) g",
-            tenant,
-            now - timedelta(hours=1),
-            customers,
-        )
 
 
 async def test_a_tenant_without_statistics_is_read_by_merging_never_customer_by_customer(
@@ -269,7 +220,7 @@ async def test_a_tenant_without_statistics_is_read_by_merging_never_customer_by_
         host=url.host, port=url.port, user=url.username, database=url.database
     )
     try:
-        await _bulk_load(conn, tenant, 3000)
+        await bulk_load(conn, tenant, 3000)
         analysed = await conn.fetchval(
             "SELECT count(*) FROM pg_stats WHERE tablename IN ('accounts', 'lots', 'redemptions')"
         )

@@ -8,7 +8,6 @@ import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -17,7 +16,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from .conftest import TEST_SECRET, bearer, token
-from .support import running_server
+from .support import BULK_DESCRIPTION, bulk_load, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -32,46 +31,9 @@ async def _connect(pg_url: str) -> Any:
 
 
 async def _seed(pg_url: str, tenant: str) -> None:
-    """CUSTOMERS customers with two lots each, one of them partly spent, in one statement each."""
-    now = datetime.now(UTC)
     conn = await _connect(pg_url)
     try:
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO accounts SELECT $1, 'c' || lpad(g::text, 5, '0'), $2"
-                " FROM generate_series(1, $3) g",
-                tenant,
-                now,
-                CUSTOMERS,
-            )
-            await conn.execute(
-                "INSERT INTO lots (tenant, id, customer_id, description, points, used_points,"
-                " created_at, valid_until, all_points_after_creation, request_hash)"
-                " SELECT $1, 'l' || g || '-' || k, 'c' || lpad(g::text, 5, '0'),"
-                " 'a lot with \\ and \" and ü', 100, CASE k WHEN 1 THEN 40 ELSE 0 END,"
-                " $2::timestamptz + k * interval '1 second', $3, 100 * k, 'h'"
-                " FROM generate_series(1, $4) g, generate_series(1, 2) k",
-                tenant,
-                now - timedelta(days=1),
-                now + timedelta(days=365),
-                CUSTOMERS,
-            )
-            await conn.execute(
-                "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
-                " created_at, all_points_after_creation, request_hash)"
-                " SELECT $1, 'r' || g, 'c' || lpad(g::text, 5, '0'), 'spent', 40, $2, 160, 'h'"
-                " FROM generate_series(1, $3) g",
-                tenant,
-                now - timedelta(hours=1),
-                CUSTOMERS,
-            )
-            await conn.execute(
-                "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
-                " SELECT $1, 'l' || g || '-1', 'r' || g, 40, $2 FROM generate_series(1, $3) g",
-                tenant,
-                now - timedelta(hours=1),
-                CUSTOMERS,
-            )
+        await bulk_load(conn, tenant, CUSTOMERS)
     finally:
         await conn.close()
 
@@ -139,7 +101,7 @@ async def test_a_client_hanging_up_mid_stream_leaves_no_busy_connection_and_the_
         assert first["activePoints"] == 160
         lots = first["summary"]["addedPointsList"]
         assert [lot["usedWith"] for lot in lots] == [["r1"], []]
-        assert lots[0]["description"] == 'a lot with \\ and " and ü'
+        assert lots[0]["description"] == BULK_DESCRIPTION == 'a lot with \\ and " and ü'
 
         for _ in range(3):
             head = await asyncio.to_thread(_hang_up_after_first_bytes, base, headers)
