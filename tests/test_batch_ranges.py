@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
-from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents
+from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents, summary_documents
 from rewardpoints.ledger import BatchExport
 
 from .conftest import _admin, bearer, fresh_database, make_settings, token
@@ -255,3 +255,105 @@ async def test_a_tenant_without_statistics_is_read_by_merging_never_customer_by_
     assert documents[2998] == single.json()
     assert documents[2998]["summary"]["addedPointsList"][0]["usedWith"] == ["r2999"]
     assert documents[2998]["activePoints"] == 160
+
+
+# ---- the export's connections, read through the ledger as the route reads it ----------------
+
+
+@asynccontextmanager
+async def ledger_of(url: str, **overrides: Any) -> AsyncIterator[Any]:
+    app = create_app(make_settings(url, **overrides))
+    try:
+        yield app.state.ledger
+    finally:
+        await app.state.ledger.engine.dispose()
+
+
+async def _bulk_tenant(pg_url: str, tenant: str, customers: int) -> None:
+    url = make_url(pg_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+    try:
+        await bulk_load(conn, tenant, customers)
+    finally:
+        await conn.close()
+
+
+async def _copies_running(pg_url: str) -> int:
+    """The service's connections to the database that are inside a summaryBatch COPY."""
+    url = make_url(pg_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+    try:
+        count: int = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'rewardpoints' AND query LIKE 'COPY%'"
+            " AND state <> 'idle'"
+        )
+        return count
+    finally:
+        await conn.close()
+
+
+def _customers_in(items: list[bytes]) -> list[str]:
+    return [document["customerId"] for document in json.loads(b"[" + b",".join(items) + b"]")]
+
+
+EVERY_CUSTOMER = [f"c{number:05d}" for number in range(1, 3001)]
+
+
+@pytest.mark.parametrize("connections", [1, 2, 3])
+async def test_an_export_reads_on_as_many_connections_as_it_is_given(
+    pg_url: str, tenant: str, connections: int
+) -> None:
+    await _bulk_tenant(pg_url, tenant, 3000)
+    async with ledger_of(
+        pg_url, summary_batch_connections=connections, summary_batch_range_customers=500
+    ) as ledger:
+        documents = summary_documents(ledger, tenant)
+        items = [await anext(documents)]
+        # Every connection has begun its first range and waits for the response to take it.
+        assert await _copies_running(pg_url) == connections
+        items += [item async for item in documents]
+        assert await _copies_running(pg_url) == 0
+    assert _customers_in(items) == EVERY_CUSTOMER
+
+
+async def test_a_client_that_reads_slowly_gets_the_whole_tenant(pg_url: str, tenant: str) -> None:
+    """Between its ranges, and once it has read its ranges ahead, a connection waits idle in
+    its transaction for the client; that is no stalled request for the idle timeout to end."""
+    await _bulk_tenant(pg_url, tenant, 3000)
+    async with ledger_of(
+        pg_url,
+        summary_batch_connections=2,
+        summary_batch_range_customers=1000,
+        database_idle_in_transaction_timeout_ms=300,
+    ) as ledger:
+        documents = summary_documents(ledger, tenant)
+        items = [await anext(documents)]
+        await asyncio.sleep(1.5)
+        items += [item async for item in documents]
+    assert _customers_in(items) == EVERY_CUSTOMER
+
+
+async def test_an_export_takes_no_extra_connection_another_request_would_wait_for(
+    pg_url: str, tenant: str
+) -> None:
+    """With a pool of one connection (and one of overflow), an export that took the overflow
+    too would leave a second export waiting for it until the pool's timeout, then a 503."""
+    await _bulk_tenant(pg_url, tenant, 3000)
+    async with ledger_of(
+        pg_url,
+        summary_batch_connections=2,
+        summary_batch_range_customers=1000,
+        database_pool_size=1,
+        database_pool_timeout_seconds=1,
+    ) as ledger:
+        first = summary_documents(ledger, tenant)
+        first_items = [await anext(first)]
+        second_items = [item async for item in summary_documents(ledger, tenant)]
+        first_items += [item async for item in first]
+    assert _customers_in(first_items) == EVERY_CUSTOMER
+    assert _customers_in(second_items) == EVERY_CUSTOMER

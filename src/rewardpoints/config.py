@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     # Waiting longer than this for a free connection answers 503.
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    # PostgreSQL ends a session left idle inside a transaction this long (0: never), so a
+    # request that stalls cannot hold locks or old row versions indefinitely.
+    database_idle_in_transaction_timeout_ms: int = Field(default=60000, ge=0)
     # Waiting longer than this for one customer's lock answers 503 instead of hanging.
     lock_timeout_ms: int = Field(default=5000, ge=1)
 

@@ -82,7 +82,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
             "command_timeout": 60,
             "server_settings": {
                 "lock_timeout": str(settings.lock_timeout_ms),
-                "idle_in_transaction_session_timeout": "60000",
+                "idle_in_transaction_session_timeout": str(
+                    settings.database_idle_in_transaction_timeout_ms
+                ),
                 "application_name": "rewardpoints",
             },
         },

@@ -9,6 +9,7 @@ them byte for byte on both databases).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -18,6 +19,7 @@ from typing import Any, cast
 import anyio
 import asyncpg
 from sqlalchemy import text
+from sqlalchemy.pool import QueuePool
 
 from .db import is_unavailable, read_transaction, single_read
 from .errors import CustomerNotFound, DatabaseUnavailable
@@ -141,6 +143,7 @@ WHERE a.tenant = :tenant AND a.customer_id = :customer
 _USED_WITH_OF_USED_LOT = f"CASE WHEN lo.used_points > 0 THEN {_USED_WITH_OF_LOT} END"
 
 
+@functools.cache
 def _range_documents(*, lower: bool, upper: bool) -> str:
     """The documents of tenant $1's customers in one range of ids, ordered by id; $2 is now.
 
@@ -196,7 +199,15 @@ ORDER BY customer_id
 # (~0.5 s of LLVM for a million lots). A nested loop is never right for these merges, but it is
 # what the planner picks for a range of a tenant whose statistics are missing or stale (just
 # loaded in bulk, not analysed yet): every customer of the range would rebuild the range's lists.
-_EXPORT_SETTINGS = ("SET LOCAL jit = off", "SET LOCAL enable_nestloop = off")
+# Between two ranges, and once its ranges are read ahead, a connection is idle in its
+# transaction for as long as the client takes to read what is ahead of it: that is not a
+# stalled request, so the idle-in-transaction timeout (db.py) does not apply to an export, as
+# it did not to a single COPY, which is never idle.
+_EXPORT_SETTINGS = (
+    "SET LOCAL jit = off",
+    "SET LOCAL enable_nestloop = off",
+    "SET LOCAL idle_in_transaction_session_timeout = 0",
+)
 
 # COPY data read ahead of the response on each connection, in the driver's reads (256 KB each
 # at most). A connection whose range is not being sent yet fills this while the one before it
@@ -260,7 +271,8 @@ async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]
             ).scalars()
             bounds = [str(start) for start in starts]
             ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
-            with export.claim(min(len(ranges), export.connections) - 1) as extra:
+            wanted = min(len(ranges), export.connections, 1 + _idle_connections(ledger)) - 1
+            with export.claim(wanted) as extra:
                 if extra:
                     exported = await first.execute(text("SELECT pg_export_snapshot()"))
                     # PostgreSQL's own identifier ("00000003-0000001B-1"): nothing to quote.
@@ -304,6 +316,16 @@ async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]
             raise
         for copy in copies:
             await copy.close()
+
+
+def _idle_connections(ledger: Ledger) -> int:
+    """Connections of the pool's base size not in use now: an export takes extra connections
+    only from these, so it never waits for one (nor fails waiting) while it holds another,
+    and it leaves the overflow to the requests that need one."""
+    pool = ledger.engine.pool
+    if not isinstance(pool, QueuePool):
+        return 0
+    return max(0, pool.size() - pool.checkedout())
 
 
 def _range_statement(
