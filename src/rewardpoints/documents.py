@@ -212,7 +212,9 @@ _EXPORT_SETTINGS = (
 # COPY data read ahead of the response on each connection, in the driver's reads (256 KB each
 # at most). A connection whose range is not being sent yet fills this while the one before it
 # is sent: as long as a range's documents fit, both backends build documents all the time.
+# An export on one connection only needs to keep its backend from waiting for the response.
 _COPY_AHEAD_BYTES = 8 * 1024 * 1024
+_COPY_AHEAD_BYTES_ALONE = 1024 * 1024
 # PostgreSQL sends COPY data 8 KB at a time. While it makes the documents more slowly than they
 # are sent on, every read would hand over one such piece, and the per-read work of the driver
 # and of the response (some 30,000 times for 1M lots) would cost more than the copying itself.
@@ -292,7 +294,8 @@ async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]
                         _range_statement(tenant, now, lower, upper)
                         for lower, upper in ranges[index :: len(connections)]
                     ]
-                    copies.append(_RangeCopy(driver, statements))
+                    ahead = _COPY_AHEAD_BYTES if extra else _COPY_AHEAD_BYTES_ALONE
+                    copies.append(_RangeCopy(driver, statements, ahead))
                 for index in range(len(ranges)):
                     async for rows in copies[index % len(copies)].rows():
                         # In COPY's text format a row ends with a newline and a backslash in it
@@ -344,13 +347,17 @@ class _RangeCopy:
     connection, some whole rows at a time, newline-separated.
 
     The COPYs run in a task of their own and hand over what the driver reads; it waits while
-    ``_COPY_AHEAD_BYTES`` are not taken yet, and the driver stops reading meanwhile, so
+    ``ahead_bytes`` are not taken yet, and the driver stops reading meanwhile, so
     PostgreSQL waits too.
     """
 
     def __init__(
-        self, driver: asyncpg.Connection, statements: list[tuple[str, tuple[Any, ...]]]
+        self,
+        driver: asyncpg.Connection,
+        statements: list[tuple[str, tuple[Any, ...]]],
+        ahead_bytes: int,
     ) -> None:
+        self._ahead_bytes = ahead_bytes
         self._chunks: asyncio.Queue[bytes | object | None] = asyncio.Queue()
         self._ahead = 0  # bytes handed over and not taken yet
         self._room = asyncio.Event()
@@ -366,7 +373,7 @@ class _RangeCopy:
             self._chunks.put_nowait(_RANGE_END)
 
     async def _sink(self, chunk: bytes) -> None:
-        while self._ahead >= _COPY_AHEAD_BYTES:
+        while self._ahead >= self._ahead_bytes:
             self._room.clear()
             await self._room.wait()
         self._ahead += len(chunk)
