@@ -311,6 +311,17 @@ def restart_throwaway_postgres(data_directory: str) -> None:
     )
 
 
+async def connect(database_url: str) -> Any:
+    """A plain asyncpg connection to the database of a SQLAlchemy URL (the tests' own access)."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    return await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+
+
 BULK_DESCRIPTION = 'a lot with \\ and " and ü'
 
 

@@ -12,17 +12,15 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
 from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents, summary_documents
 from rewardpoints.ledger import BatchExport
 
 from .conftest import _admin, bearer, fresh_database, make_settings, token
-from .support import FakeClock, bulk_load
+from .support import FakeClock, bulk_load, connect
 
 # Ordered bytewise ("0" < "A" < "Z9" < "a" < "b-1" < "z" < "ä"); two have no lot at all.
 CUSTOMERS = ["z", "a", "A", "b-1", "0", "Z9", "ä", "n-empty", "m-empty"]
@@ -136,10 +134,7 @@ async def test_every_range_is_read_as_of_the_same_moment(pg_url: str, tenant: st
     as many points as "z" or one more; a range read later than the other would see "z" ahead."""
     clock = FakeClock()
     headers = bearer(token(tenant))
-    url = make_url(pg_url)
-    writer_conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, database=url.database
-    )
+    writer_conn = await connect(pg_url)
     # A commit need not wait for the disk here, so the writes come many to a millisecond.
     await writer_conn.execute("SET synchronous_commit = off")
     # Should this test die half-way, PostgreSQL ends the writes itself.
@@ -215,10 +210,7 @@ async def test_a_tenant_without_statistics_is_read_by_merging_never_customer_by_
     """Just after a bulk load PostgreSQL has no statistics of the rows, and for a range of
     customers it would choose nested loops that rebuild the range's lists once per customer
     (tens of seconds for 2,000 customers). The export's plans merge instead."""
-    url = make_url(unanalysed_url)
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, database=url.database
-    )
+    conn = await connect(unanalysed_url)
     try:
         await bulk_load(conn, tenant, 3000)
         analysed = await conn.fetchval(
@@ -270,10 +262,7 @@ async def ledger_of(url: str, **overrides: Any) -> AsyncIterator[Any]:
 
 
 async def _bulk_tenant(pg_url: str, tenant: str, customers: int) -> None:
-    url = make_url(pg_url)
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, database=url.database
-    )
+    conn = await connect(pg_url)
     try:
         await bulk_load(conn, tenant, customers)
     finally:
@@ -282,10 +271,7 @@ async def _bulk_tenant(pg_url: str, tenant: str, customers: int) -> None:
 
 async def _copies_running(pg_url: str) -> int:
     """The service's connections to the database that are inside a summaryBatch COPY."""
-    url = make_url(pg_url)
-    conn = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, database=url.database
-    )
+    conn = await connect(pg_url)
     try:
         count: int = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"

@@ -10,28 +10,19 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from .conftest import TEST_SECRET, bearer, token
-from .support import BULK_DESCRIPTION, bulk_load, running_server
+from .support import BULK_DESCRIPTION, bulk_load, connect, running_server
 
 pytestmark = pytest.mark.slow
 
 CUSTOMERS = 3000  # about 1.3 MB of documents: many COPY chunks and response writes
 
 
-async def _connect(pg_url: str) -> Any:
-    url = make_url(pg_url)
-    return await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, database=url.database
-    )
-
-
 async def _seed(pg_url: str, tenant: str) -> None:
-    conn = await _connect(pg_url)
+    conn = await connect(pg_url)
     try:
         await bulk_load(conn, tenant, CUSTOMERS)
     finally:
@@ -40,7 +31,7 @@ async def _seed(pg_url: str, tenant: str) -> None:
 
 async def _busy_connections(pg_url: str) -> list[str]:
     """The service's connections to this database that are not idle."""
-    conn = await _connect(pg_url)
+    conn = await connect(pg_url)
     try:
         rows = await conn.fetch(
             "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
@@ -120,7 +111,7 @@ async def test_a_database_connection_killed_mid_stream_ends_that_stream_only(
             assert answer.status_code == 200
             chunks = answer.aiter_raw()
             received = await anext(chunks)
-            killer = await _connect(pg_url)
+            killer = await connect(pg_url)
             try:
                 killed = await killer.fetch(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
