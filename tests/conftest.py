@@ -156,6 +156,20 @@ async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@contextlib.asynccontextmanager
+async def served(
+    database_url: str, clock: Callable[[], Any] | None = None, **overrides: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of a service of its own with these settings, its engine disposed after."""
+    application = create_app(make_settings(database_url, **overrides), clock=clock)
+    transport = httpx.ASGITransport(app=application)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+    finally:
+        await application.state.ledger.engine.dispose()
+
+
 def token(
     tenant: str,
     scopes: tuple[str, ...] | list[str] = (VIEW, MANAGE),

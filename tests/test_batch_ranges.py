@@ -19,22 +19,11 @@ from rewardpoints.app import create_app
 from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents, summary_documents
 from rewardpoints.ledger import BatchExport
 
-from .conftest import _admin, bearer, fresh_database, make_settings, token
+from .conftest import _admin, bearer, fresh_database, make_settings, served, token
 from .support import FakeClock, bulk_load, connect
 
 # Ordered bytewise ("0" < "A" < "Z9" < "a" < "b-1" < "z" < "ä"); two have no lot at all.
 CUSTOMERS = ["z", "a", "A", "b-1", "0", "Z9", "ä", "n-empty", "m-empty"]
-
-
-@asynccontextmanager
-async def served(url: str, clock: FakeClock, **overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings(url, **overrides), clock=clock)
-    transport = httpx.ASGITransport(app=app)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await app.state.ledger.engine.dispose()
 
 
 async def _seed(http: httpx.AsyncClient, headers: dict[str, str], clock: FakeClock) -> None:
@@ -182,7 +171,8 @@ def test_extra_connections_are_shared_by_the_exports_of_a_process() -> None:
             assert fourth == 1
     with export.claim(0) as none:
         assert none == 0
-    assert BatchExport(connections=1).claim(3).__enter__() == 0
+    with BatchExport(connections=1).claim(3) as alone:
+        assert alone == 0
 
 
 # ---- a tenant loaded in bulk, before PostgreSQL has any statistics of it -------------------
@@ -299,10 +289,20 @@ async def test_an_export_reads_on_as_many_connections_as_it_is_given(
         pg_url, summary_batch_connections=connections, summary_batch_range_customers=500
     ) as ledger:
         documents = summary_documents(ledger, tenant)
-        items = [await anext(documents)]
-        # Every connection has begun its first range and waits for the response to take it.
-        assert await _copies_running(pg_url) == connections
-        items += [item async for item in documents]
+        try:
+            items = [await anext(documents)]
+            # Every connection begins its first range (after a round trip of the driver's own)
+            # and then waits for the response to take it.
+            running = await _copies_running(pg_url)
+            for _ in range(100):
+                if running == connections:
+                    break
+                await asyncio.sleep(0.02)
+                running = await _copies_running(pg_url)
+            assert running == connections
+            items += [item async for item in documents]
+        finally:
+            await documents.aclose()  # type: ignore[attr-defined]
         assert await _copies_running(pg_url) == 0
     assert _customers_in(items) == EVERY_CUSTOMER
 

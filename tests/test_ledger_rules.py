@@ -11,9 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from rewardpoints.app import create_app
-
-from .conftest import make_settings
+from .conftest import served
 from .support import FakeClock
 
 Headers = dict[str, str]
@@ -241,13 +239,8 @@ async def test_default_valid_until_is_clamped_to_the_end_of_the_month(
 @pytest.fixture
 async def one_month_client(database_url: str, clock: FakeClock) -> AsyncIterator[httpx.AsyncClient]:
     """A service configured with a validity of one month."""
-    application = create_app(make_settings(database_url, validity_months=1), clock=clock)
-    transport = httpx.ASGITransport(app=application)
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
-    finally:
-        await application.state.ledger.engine.dispose()
+    async with served(database_url, clock, validity_months=1) as http:
+        yield http
 
 
 async def test_default_valid_until_follows_the_configured_validity(
