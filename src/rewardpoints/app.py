@@ -64,6 +64,7 @@ def create_app(
         batch_export=BatchExport(
             settings.summary_batch_connections, settings.summary_batch_range_customers
         ),
+        summary_stream_entries=settings.summary_stream_entries,
     )
     verifier = TokenVerifier(settings, jwks=jwks)
 

@@ -119,28 +119,69 @@ _USED_WITH_OF_LOT = f"""(
     FROM lot_usages u
     WHERE u.tenant = lo.tenant AND u.lot_id = lo.id)"""
 
-# One customer's document. Each list is read through the customer's index; each lot's usedWith
-# is one probe of lot_usages' primary key: cheap for one customer, whatever its history.
+# One customer's document, when its lots and redemptions number at most :most; else NULL, and
+# the document is streamed (below). Each list is read through the customer's index; each lot's
+# usedWith is one probe of lot_usages' primary key. Counting up to :most + 1 entries of each
+# list costs little, and the lists of a long history are then not read here at all.
 _ONE_DOCUMENT = text(f"""
-SELECT {_DOCUMENT} AS document
-FROM accounts a
+WITH a AS MATERIALIZED (
+    SELECT a.tenant, a.customer_id,
+           (SELECT count(*) FROM (
+               SELECT FROM lots lo
+               WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id
+               LIMIT :most + 1) AS n)
+         + (SELECT count(*) FROM (
+               SELECT FROM redemptions re
+               WHERE re.tenant = a.tenant AND re.customer_id = a.customer_id
+               LIMIT :most + 1) AS n) <= :most AS whole
+    FROM accounts a
+    WHERE a.tenant = :tenant AND a.customer_id = :customer
+)
+SELECT CASE WHEN a.whole THEN {_DOCUMENT} END AS document
+FROM a
 LEFT JOIN LATERAL (
     SELECT {_ACTIVE.format(now=":now")} AS active,
            string_agg({_lot_item(_USED_WITH_OF_LOT)}, ',' {_LOT_ORDER}) AS items
     FROM lots lo
-    WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id
+    WHERE a.whole AND lo.tenant = a.tenant AND lo.customer_id = a.customer_id
 ) l ON true
 LEFT JOIN LATERAL (
     SELECT string_agg({_REDEMPTION_ITEM}, ',' {_REDEMPTION_ORDER}) AS items
     FROM redemptions re
-    WHERE re.tenant = a.tenant AND re.customer_id = a.customer_id
+    WHERE a.whole AND re.tenant = a.tenant AND re.customer_id = a.customer_id
 ) r ON true
-WHERE a.tenant = :tenant AND a.customer_id = :customer
 """)
 
+# A streamed document: its start up to the first list's opening bracket, then each list as
+# rows of COPY, one item per row, in the lists' order; the rest is written around them.
+_DOCUMENT_START = text(f"""
+SELECT '{{"customerId":' || to_json(a.customer_id::text)::text
+    || ',"activePoints":' || COALESCE((
+        SELECT {_ACTIVE.format(now=":now")}
+        FROM lots lo
+        WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id), 0)::text
+    || ',"summary":{{"addedPointsList":[' AS start
+FROM accounts a
+WHERE a.tenant = :tenant AND a.customer_id = :customer
+""")
 # A used lot's usedWith list: one probe of lot_usages' primary key. Lots with no point used
 # (most of the open ones) have none and are not probed.
 _USED_WITH_OF_USED_LOT = f"CASE WHEN lo.used_points > 0 THEN {_USED_WITH_OF_LOT} END"
+
+_LOT_ROWS = f"""
+SELECT {_lot_item(_USED_WITH_OF_USED_LOT)}
+FROM lots lo
+WHERE lo.tenant = $1 AND lo.customer_id = $2
+{_LOT_ORDER}
+"""
+_REDEMPTION_ROWS = f"""
+SELECT {_REDEMPTION_ITEM}
+FROM redemptions re
+WHERE re.tenant = $1 AND re.customer_id = $2
+{_REDEMPTION_ORDER}
+"""
+_BETWEEN_LISTS = b'],"redeemedPointsList":['
+_DOCUMENT_END = b"]}}"
 
 
 @functools.cache
@@ -232,15 +273,75 @@ def _in_database(ledger: Ledger) -> bool:
     return ledger.engine.dialect.name == "postgresql"
 
 
-async def summary_document(ledger: Ledger, tenant: str, customer_id: str) -> bytes:
+async def summary_document(ledger: Ledger, tenant: str, customer_id: str) -> AsyncIterator[bytes]:
+    """The customer's document, in parts that joined are the document.
+
+    ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
+    ``ledger.summary_stream_entries`` lots and redemptions is one part. On PostgreSQL a longer
+    one is streamed: the lists are read with ``COPY ... TO STDOUT`` as they are sent, a bounded
+    amount ahead, so a history of 100,000 lots (some 25 MB of JSON) is not held in the worker's
+    memory, and its first bytes leave at once. Either way it is the customer as of one moment.
+    """
     if not _in_database(ledger):
-        return dumps(summary_json(await ledger.summary(tenant, customer_id)))
-    params = {"tenant": tenant, "customer": customer_id, "now": ledger.clock()}
+        yield dumps(summary_json(await ledger.summary(tenant, customer_id)))
+        return
+    now = ledger.clock()
+    params = {
+        "tenant": tenant,
+        "customer": customer_id,
+        "now": now,
+        "most": ledger.summary_stream_entries,
+    }
     async with single_read(ledger.engine) as conn:
         row = (await conn.execute(_ONE_DOCUMENT, params)).first()
     if row is None:
         raise CustomerNotFound(customer_id)
-    return str(row.document).encode()
+    if row.document is not None:
+        yield str(row.document).encode()
+        return
+    async for part in _streamed_document(ledger, tenant, customer_id, now):
+        yield part
+
+
+async def _streamed_document(
+    ledger: Ledger, tenant: str, customer_id: str, now: datetime
+) -> AsyncIterator[bytes]:
+    async with read_transaction(ledger.engine, snapshot=True) as conn:
+        copy: _RangeCopy | None = None
+        try:
+            for statement in _EXPORT_SETTINGS:
+                await conn.execute(text(statement))
+            params = {"tenant": tenant, "customer": customer_id, "now": now}
+            start = (await conn.execute(_DOCUMENT_START, params)).scalar_one_or_none()
+            if start is None:  # deleted since it was counted
+                raise CustomerNotFound(customer_id)
+            fairy = await conn.get_raw_connection()
+            driver: asyncpg.Connection = fairy.driver_connection
+            lists = [(_LOT_ROWS, (tenant, customer_id)), (_REDEMPTION_ROWS, (tenant, customer_id))]
+            copy = _RangeCopy(driver, lists, _COPY_AHEAD_BYTES_ALONE)
+            yield str(start).encode()
+            for after in (_BETWEEN_LISTS, _DOCUMENT_END):
+                separator = b""
+                async for rows in copy.rows():
+                    # The rows of COPY's text format, as in summary_documents.
+                    yield separator + rows.replace(b"\\\\", b"\\").replace(b"\n", b",")
+                    separator = b","
+                yield after
+        except CustomerNotFound:
+            raise
+        except BaseException as error:
+            # As in summary_documents: the connection's state is unknown, it is not reused.
+            with anyio.CancelScope(shield=True):
+                if copy is not None:
+                    copy.cancel()
+                await conn.invalidate()
+                if copy is not None:
+                    await copy.close()
+            driver_error = isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError))
+            if driver_error and is_unavailable(error):
+                raise DatabaseUnavailable(str(error)) from error
+            raise
+        await copy.close()
 
 
 async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]:

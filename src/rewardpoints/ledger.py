@@ -186,9 +186,13 @@ class Ledger:
         *,
         lock_timeout_seconds: float = 5.0,
         batch_export: BatchExport | None = None,
+        summary_stream_entries: int = 1000,
     ) -> None:
         self.engine = engine
         self.batch_export = batch_export or BatchExport()
+        # A customer with more lots and redemptions than this gets its summary streamed from
+        # PostgreSQL (documents.py) rather than built whole first.
+        self.summary_stream_entries = summary_stream_entries
         self.sites = sites
         self.clock = clock
         # On PostgreSQL, add and redeem run as one call of a database function (migration

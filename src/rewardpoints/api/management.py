@@ -68,6 +68,31 @@ async def _json_array(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncI
         await rest.aclose()  # type: ignore[attr-defined]
 
 
+async def summary_response(parts: AsyncIterator[bytes]) -> Response:
+    """A customer's summary: one response when it came whole, else streamed as it is read.
+
+    The first parts are read before answering, so a missing customer is a 404 and an
+    unreachable database a 503, not a broken 200."""
+    try:
+        first = await anext(parts)
+        second = await anext(parts, None)
+    except BaseException:
+        await parts.aclose()  # type: ignore[attr-defined]
+        raise
+    if second is None:
+        return Response(first, media_type="application/json")
+    return StreamingResponse(_parts(first + second, parts), media_type="application/json")
+
+
+async def _parts(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        async for part in rest:
+            yield part
+    finally:
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
 @router.get(
     "/customer/{customerId}",
     operation_id="GET-reward-points-fetch-customer-reward-points",
@@ -141,8 +166,7 @@ async def get_summary(
     principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep
 ) -> Response:
     """Every added and redeemed entry of the customer, oldest first, and the active points."""
-    document = await summary_document(ledger, principal.tenant, customer_id)
-    return Response(document, media_type="application/json")
+    return await summary_response(summary_document(ledger, principal.tenant, customer_id))
 
 
 @router.post(

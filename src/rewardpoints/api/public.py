@@ -11,6 +11,7 @@ from ..documents import dumps, summary_document
 from .deps import DEFAULT_SITE_CODE, CustomerPrincipal, LedgerDep, RewardsDep, SiteCode
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
+from .management import summary_response
 from .schemas import (
     PointsSummaryOut,
     RedeemCouponOut,
@@ -50,8 +51,7 @@ async def get_own_balance(principal: CustomerPrincipal, ledger: LedgerDep) -> Re
 async def get_own_summary(principal: CustomerPrincipal, ledger: LedgerDep) -> Response:
     """Every added and redeemed entry of the signed-in customer, oldest first."""
     assert principal.customer_id is not None
-    document = await summary_document(ledger, principal.tenant, principal.customer_id)
-    return Response(document, media_type="application/json")
+    return await summary_response(summary_document(ledger, principal.tenant, principal.customer_id))
 
 
 @router.get(
