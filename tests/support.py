@@ -3,6 +3,7 @@ tenant loaded in bulk."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
@@ -366,3 +367,40 @@ async def bulk_load(conn: Any, tenant: str, customers: int) -> None:
             now - timedelta(hours=1),
             customers,
         )
+
+
+async def busy_connections(pg_url: str) -> list[str]:
+    """The service's connections to this database that are not idle."""
+    conn = await connect(pg_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = 'rewardpoints' AND state <> 'idle'"
+        )
+        return [row["state"] for row in rows]
+    finally:
+        await conn.close()
+
+
+async def until_no_busy_connection(pg_url: str) -> None:
+    for _ in range(100):
+        if not await busy_connections(pg_url):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"still busy: {await busy_connections(pg_url)}")
+
+
+def hang_up_after_first_bytes(
+    base: str, headers: dict[str, str], path: str = "/reward-points/summaryBatch"
+) -> bytes:
+    """Ask for a streamed answer over a raw socket, read a little of it, and close the socket."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: test\r\n".encode()
+            + f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
+        )
+        received = sock.recv(4096)
+        # Close with a reset, as a client that goes away does, not after reading everything.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    return received

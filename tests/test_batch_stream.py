@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +13,14 @@ import httpx
 import pytest
 
 from .conftest import TEST_SECRET, bearer, token
-from .support import BULK_DESCRIPTION, bulk_load, connect, running_server
+from .support import (
+    BULK_DESCRIPTION,
+    bulk_load,
+    connect,
+    hang_up_after_first_bytes,
+    running_server,
+    until_no_busy_connection,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -27,41 +33,6 @@ async def _seed(pg_url: str, tenant: str) -> None:
         await bulk_load(conn, tenant, CUSTOMERS)
     finally:
         await conn.close()
-
-
-async def _busy_connections(pg_url: str) -> list[str]:
-    """The service's connections to this database that are not idle."""
-    conn = await connect(pg_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT state FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = 'rewardpoints' AND state <> 'idle'"
-        )
-        return [row["state"] for row in rows]
-    finally:
-        await conn.close()
-
-
-async def _until_no_busy_connection(pg_url: str) -> None:
-    for _ in range(100):
-        if not await _busy_connections(pg_url):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"still busy: {await _busy_connections(pg_url)}")
-
-
-def _hang_up_after_first_bytes(base: str, headers: dict[str, str]) -> bytes:
-    """Ask for the stream over a raw socket, read a little of it, and close the socket."""
-    host, port = base.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(
-            b"GET /reward-points/summaryBatch HTTP/1.1\r\nHost: test\r\n"
-            + f"Authorization: {headers['Authorization']}\r\n\r\n".encode()
-        )
-        received = sock.recv(4096)
-        # Close with a reset, as a client that goes away does, not after reading everything.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    return received
 
 
 async def _whole_stream(http: httpx.AsyncClient, headers: dict[str, str]) -> list[Any]:
@@ -95,9 +66,9 @@ async def test_a_client_hanging_up_mid_stream_leaves_no_busy_connection_and_the_
         assert lots[0]["description"] == BULK_DESCRIPTION == 'a lot with \\ and " and ü'
 
         for _ in range(3):
-            head = await asyncio.to_thread(_hang_up_after_first_bytes, base, headers)
+            head = await asyncio.to_thread(hang_up_after_first_bytes, base, headers)
             assert head.startswith(b"HTTP/1.1 200")
-        await _until_no_busy_connection(pg_url)
+        await until_no_busy_connection(pg_url)
         assert await _whole_stream(http, headers) == documents
 
 
@@ -127,5 +98,5 @@ async def test_a_database_connection_killed_mid_stream_ends_that_stream_only(
         # The stream broke off: it is not a whole JSON array.
         with pytest.raises(json.JSONDecodeError):
             json.loads(received)
-        await _until_no_busy_connection(pg_url)
+        await until_no_busy_connection(pg_url)
         assert await _whole_stream(http, headers) == expected

@@ -1,0 +1,276 @@
+"""On PostgreSQL the summary of a long history is streamed as it is read (documents.py): the same
+bytes as a summary built whole, the customer as of one moment, and the worker's memory does not
+grow with the history."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from rewardpoints.app import create_app
+from rewardpoints.documents import _streamed_document, summary_document
+from rewardpoints.errors import CustomerNotFound
+
+from .conftest import TEST_SECRET, bearer, make_settings, served, token
+from .support import (
+    BULK_DESCRIPTION,
+    FakeClock,
+    connect,
+    hang_up_after_first_bytes,
+    server_process,
+    until_no_busy_connection,
+)
+
+# Bytewise awkward: COPY doubles a backslash, JSON escapes a quote and a control character.
+AWKWARD = 'back\\slash "quoted" tab\t ü € \u2028'
+
+
+async def _seed(http: httpx.AsyncClient, headers: dict[str, str], clock: FakeClock) -> None:
+    """ "spender": redemptions spanning lots (usedWith lists); "saver": lots only; "empty": none."""
+    created = await http.post(
+        "/reward-points/customer/empty", json={"customerId": "empty"}, headers=headers
+    )
+    assert created.status_code == 200, created.text
+    for customer in ("spender", "saver"):
+        for points in (10, 25, 5, 40):
+            added = await http.post(
+                f"/reward-points/customer/{customer}/addPoints",
+                json={"points": points, "description": AWKWARD, "reference-id": AWKWARD},
+                headers=headers,
+            )
+            assert added.status_code == 201, added.text
+            clock.advance(seconds=1)
+    for points in (15, 22, 1):
+        spent = await http.post(
+            "/reward-points/customer/spender/redeemPoints",
+            json={"points": points, "description": AWKWARD},
+            headers=headers,
+        )
+        assert spent.status_code == 201, spent.text
+        clock.advance(seconds=1)
+
+
+async def _summaries(http: httpx.AsyncClient, tenant: str) -> dict[str, httpx.Response]:
+    answers = {}
+    for customer in ("spender", "saver", "empty"):
+        path = f"/reward-points/customer/{customer}/summary"
+        answers[customer] = await http.get(path, headers=bearer(token(tenant)))
+        own = bearer(token(tenant, (), customer_id=customer))
+        answers[f"public {customer}"] = await http.get(
+            "/reward-points/public/customer/summary", headers=own
+        )
+    return answers
+
+
+@pytest.mark.parametrize("stream_entries", [0, 4, 7])
+async def test_a_streamed_summary_is_the_same_bytes_as_one_built_whole(
+    pg_url: str, tenant: str, stream_entries: int
+) -> None:
+    """ "spender" has 7 entries (4 lots, 3 redemptions), "saver" 4, "empty" none: with a limit of
+    0 both are streamed, with 4 "spender" only, with 7 neither (the limit is included)."""
+    clock = FakeClock()
+    headers = bearer(token(tenant))
+    async with served(pg_url, clock) as http:
+        await _seed(http, headers, clock)
+        whole = await _summaries(http, tenant)
+    spender = json.loads(whole["spender"].content)
+    assert any(lot["usedWith"] for lot in spender["summary"]["addedPointsList"])
+    assert len(spender["summary"]["redeemedPointsList"]) == 3
+    assert spender["summary"]["addedPointsList"][0]["description"] == AWKWARD
+    async with served(pg_url, clock, summary_stream_entries=stream_entries) as http:
+        answers = await _summaries(http, tenant)
+    entries = {"spender": 7, "saver": 4, "empty": 0}
+    for name, answer in answers.items():
+        assert answer.status_code == 200, (name, answer.text)
+        assert answer.content == whole[name].content, name
+        assert answer.headers["content-type"] == "application/json"
+        streamed = entries[name.removeprefix("public ")] > stream_entries
+        # A response built whole says its length; a streamed one is sent in chunks.
+        assert ("content-length" not in answer.headers) == streamed, (name, answer.headers)
+
+
+async def test_a_streamed_summary_of_a_missing_customer_is_a_404(pg_url: str, tenant: str) -> None:
+    async with served(pg_url, summary_stream_entries=0) as http:
+        answer = await http.get(
+            "/reward-points/customer/nobody/summary", headers=bearer(token(tenant))
+        )
+    assert answer.status_code == 404
+    assert answer.json()["message"] == "No reward points found for customer nobody"
+
+
+async def test_a_customer_deleted_before_its_stream_begins_is_not_found(
+    pg_url: str, tenant: str
+) -> None:
+    """Counted as long, then erased before the stream's own snapshot: a 404, not a broken 200."""
+    application = create_app(make_settings(pg_url))
+    try:
+        parts = _streamed_document(application.state.ledger, tenant, "erased", datetime.now(UTC))
+        with pytest.raises(CustomerNotFound):
+            await anext(parts)
+    finally:
+        await application.state.ledger.engine.dispose()
+
+
+async def _load_long_history(pg_url: str, tenant: str, lots: int, used: int) -> None:
+    """Customer "long": ``lots`` lots of 10 points, one a second; after every 10th of the first
+    ``used`` a redemption of 100 spent those 10. Written in bulk, as an import would."""
+    start = datetime.now(UTC) - timedelta(days=30)
+    conn = await connect(pg_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO accounts (tenant, customer_id, created_at) VALUES ($1, 'long', $2)",
+                tenant,
+                start,
+            )
+            await conn.execute(
+                "INSERT INTO lots (tenant, id, customer_id, description, reference_id, points,"
+                " used_points, created_at, valid_until, all_points_after_creation, request_hash)"
+                " SELECT $1, 'l' || lpad(g::text, 6, '0'), 'long', $2, 'ref ' || g, 10,"
+                " CASE WHEN g <= $5 THEN 10 ELSE 0 END, $3::timestamptz + g * interval '1 second',"
+                " $4, 10, 'h' FROM generate_series(1, $6) g",
+                tenant,
+                BULK_DESCRIPTION,
+                start,
+                start + timedelta(days=3650),
+                used,
+                lots,
+            )
+            await conn.execute(
+                "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
+                " created_at, all_points_after_creation, request_hash)"
+                " SELECT $1, 'r' || lpad(k::text, 6, '0'), 'long', 'spent', 100,"
+                " $2::timestamptz + (10 * k) * interval '1 second' + interval '0.5 second', 0, 'h'"
+                " FROM generate_series(1, $3) k",
+                tenant,
+                start,
+                used // 10,
+            )
+            await conn.execute(
+                "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
+                " SELECT $1, 'l' || lpad(g::text, 6, '0'), 'r' || lpad(((g + 9) / 10)::text,"
+                " 6, '0'), 10, $2 FROM generate_series(1, $3) g",
+                tenant,
+                start,
+                used,
+            )
+    finally:
+        await conn.close()
+
+
+def _points_agree(document: dict[str, Any]) -> None:
+    lots = document["summary"]["addedPointsList"]
+    redemptions = document["summary"]["redeemedPointsList"]
+    assert sum(lot["usedPoints"] for lot in lots) == sum(r["points"] for r in redemptions)
+    assert document["activePoints"] == sum(lot["points"] - lot["usedPoints"] for lot in lots)
+    used_with = {r for lot in lots for r in lot["usedWith"]}
+    assert used_with == {r["id"] for r in redemptions}
+
+
+async def test_a_streamed_summary_is_the_customer_as_of_one_moment(
+    pg_url: str, tenant: str
+) -> None:
+    """Points are redeemed while the lots are being sent: the summary shows neither the
+    redemption nor its lots' new usedPoints, and a summary read after shows both."""
+    await _load_long_history(pg_url, tenant, lots=12_000, used=2_000)
+    headers = bearer(token(tenant))
+    application = create_app(make_settings(pg_url, summary_stream_entries=100))
+    transport = httpx.ASGITransport(app=application)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            parts = summary_document(application.state.ledger, tenant, "long")
+            received = [await anext(parts), await anext(parts)]
+            assert received[0].startswith(b'{"customerId":"long","activePoints":100000,')
+            # The lots' rows are ~3 MB, more than is read ahead: the COPY of the lots is under
+            # way and that of the redemptions has not begun.
+            redeemed = await http.post(
+                "/reward-points/customer/long/redeemPoints",
+                json={"points": 25, "id": "during"},
+                headers=headers,
+            )
+            assert redeemed.status_code == 201, redeemed.text
+            received += [part async for part in parts]
+            after = await http.get("/reward-points/customer/long/summary", headers=headers)
+    finally:
+        await application.state.ledger.engine.dispose()
+    document = json.loads(b"".join(received))
+    assert len(document["summary"]["addedPointsList"]) == 12_000
+    assert "during" not in {r["id"] for r in document["summary"]["redeemedPointsList"]}
+    _points_agree(document)
+    assert after.status_code == 200, after.text
+    later = json.loads(after.content)
+    assert "during" in {r["id"] for r in later["summary"]["redeemedPointsList"]}
+    _points_agree(later)
+    assert later["activePoints"] == document["activePoints"] - 25
+
+
+def _high_water_mark_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+@pytest.mark.slow
+async def test_the_worker_memory_does_not_grow_with_the_history(pg_url: str, tenant: str) -> None:
+    """60,000 lots, ~15 MB of JSON: built whole, the worker's peak memory grew by about three
+    times that (the text, its bytes, the driver's buffer); streamed, by little."""
+    await _load_long_history(pg_url, tenant, lots=60_000, used=50_000)
+    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+    headers = bearer(token(tenant))
+    with server_process(env) as server:  # one worker: the server process serves
+        pid = server.pid
+        async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
+            warm = await http.get("/reward-points/customer/nobody/summary", headers=headers)
+            assert warm.status_code == 404
+            before = _high_water_mark_kb(pid)
+            size = 0
+            async with http.stream(
+                "GET", "/reward-points/customer/long/summary", headers=headers
+            ) as answer:
+                assert answer.status_code == 200
+                body = bytearray()
+                # A client slower than PostgreSQL (~5 MB/s): what is read ahead for it is
+                # bounded, not the rest of the history.
+                async for chunk in answer.aiter_bytes(512 * 1024):
+                    body += chunk
+                    size += len(chunk)
+                    await asyncio.sleep(0.1)
+            grown = _high_water_mark_kb(pid) - before
+    document = json.loads(body)
+    assert len(document["summary"]["addedPointsList"]) == 60_000
+    assert len(document["summary"]["redeemedPointsList"]) == 5_000
+    _points_agree(document)
+    assert size > 14_000_000
+    assert grown < 8_000, f"peak memory grew by {grown} kB for a {size:,}-byte summary"
+
+
+@pytest.mark.slow
+async def test_a_client_hanging_up_mid_summary_leaves_no_busy_connection(
+    pg_url: str, tenant: str
+) -> None:
+    await _load_long_history(pg_url, tenant, lots=20_000, used=10_000)
+    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+    headers = bearer(token(tenant))
+    path = "/reward-points/customer/long/summary"
+    with server_process(env) as server:
+        async with httpx.AsyncClient(base_url=server.base, timeout=60) as http:
+            whole = await http.get(path, headers=headers)
+            assert whole.status_code == 200
+            assert "content-length" not in whole.headers
+            for _ in range(3):
+                head = await asyncio.to_thread(
+                    hang_up_after_first_bytes, server.base, headers, path
+                )
+                assert head.startswith(b"HTTP/1.1 200")
+            await until_no_busy_connection(pg_url)
+            again = await http.get(path, headers=headers)
+    assert again.status_code == 200
+    assert again.content == whole.content
+    assert len(json.loads(again.content)["summary"]["addedPointsList"]) == 20_000
