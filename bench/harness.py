@@ -734,19 +734,23 @@ class _Counter:
         self._tail = data[-(len(self.pattern) - 1) :]
 
 
-def stream_batch(port: int, token: str, timeout: float) -> dict[str, Any]:
-    """GET summaryBatch, reading the stream to its end; counts bytes, customers and lots."""
+def stream_batch(
+    port: int, token: str, timeout: float, path: str = "/reward-points/summaryBatch"
+) -> dict[str, Any]:
+    """GET summaryBatch (or a summary), reading the stream to its end; counts bytes,
+    customers and lots."""
     customers = _Counter(b'"customerId":')
     lots = _Counter(b'"usedWith":')
     first = last = b""
     size = 0
     started = time.perf_counter()
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    conn.request("GET", "/reward-points/summaryBatch", headers={"Authorization": f"Bearer {token}"})
+    conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
     response = conn.getresponse()
     first_byte: float | None = None
     while True:
-        chunk = response.read(1 << 20)
+        # The first read returns what has arrived (read() would wait for a whole MiB).
+        chunk = response.read1(1 << 20) if first_byte is None else response.read(1 << 20)
         if not chunk:
             break
         if first_byte is None:
@@ -766,6 +770,7 @@ def stream_batch(port: int, token: str, timeout: float) -> dict[str, Any]:
         "customers": customers.count,
         "lots": lots.count,
         "complete_array": first == b"[" and last == b"]",
+        "complete_object": first == b"{" and last == b"}",
         "lots_per_second": lots.count / elapsed if elapsed > 0 else 0.0,
     }
 
@@ -817,6 +822,54 @@ def run_batch(
         "peak_hwm_mib": round(max(hwm.values()) / 1024, 1),
         "peak_mib": round(peak_kib / 1024, 1),
         "samples": sampler.samples,
+    }
+
+
+def run_long_summary(config: Config, workdir: Path, token: str) -> dict[str, Any]:
+    """The summary of the 100k-lot customer read to its end, after that of the 10-lot one, on a
+    freshly started service: when each one's first byte arrives, how long the whole takes,
+    and the workers' peak memory meanwhile (not targets: what a long history costs)."""
+    lots = {"short": 10, "long": config.sizes["long_lots"]}
+    with running(start_service(config, workdir)) as server:
+        idle = {pid: memory_kib(pid) for pid in server.workers}
+        sampler = MemorySampler(server.workers)
+        sampler.start()
+        runs: dict[str, list[dict[str, Any]]] = {"short": [], "long": []}
+        try:
+            for customer in ("short", "long"):
+                path = f"/reward-points/customer/{customer}/summary"
+                for _ in range(5):
+                    run = stream_batch(server.port, token, config.timeout, path)
+                    runs[customer].append(run)
+                log(
+                    f"summary of {customer}: first byte "
+                    + ", ".join(f"{r['first_byte_s'] * 1000:.1f}" for r in runs[customer])
+                    + " ms; whole "
+                    + ", ".join(f"{r['seconds'] * 1000:.0f}" for r in runs[customer])
+                    + f" ms; {runs[customer][0]['bytes']:,} bytes"
+                )
+        finally:
+            sampler.stop()
+        hwm = {pid: memory_kib(pid)[1] for pid in server.workers}
+    valid = all(
+        r["status"] == 200 and r["complete_object"] and r["lots"] == lots[customer]
+        for customer, customer_runs in runs.items()
+        for r in customer_runs
+    )
+    return {
+        "runs": runs,
+        "valid": valid,
+        "first_byte_ms": {
+            customer: statistics.median(r["first_byte_s"] * 1000 for r in customer_runs)
+            for customer, customer_runs in runs.items()
+        },
+        "whole_ms": {
+            customer: statistics.median(r["seconds"] * 1000 for r in customer_runs)
+            for customer, customer_runs in runs.items()
+        },
+        "bytes": {customer: customer_runs[0]["bytes"] for customer, customer_runs in runs.items()},
+        "idle_rss_mib": round(max(rss for rss, _ in idle.values()) / 1024, 1),
+        "peak_mib": round(max([*hwm.values(), sampler.peak_rss_kib]) / 1024, 1),
     }
 
 
@@ -1021,6 +1074,9 @@ def run(config: Config) -> dict[str, Any]:
             config, workdir, BIG_TENANT, sizes["big_customers"], mint(BIG_TENANT)
         )
 
+    if "history" in config.parts:
+        batch["summary"] = run_long_summary(config, workdir, token)
+
     report["machine"]["load_average_after"] = os.getloadavg()
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
     report["results"] = {
@@ -1149,6 +1205,52 @@ def table_rows(results: dict[str, Result], batch: dict[str, Any]) -> list[dict[s
             add(long, "rps", against, f"{ratio:.2f}", "≤ 1.20", _verdict(ratio <= 1.2))
         else:
             add(long, "rps", "—", "n/a", "≤ 1.20", "n/a")
+
+    summary = batch.get("summary")
+    if summary:
+        invalid = "" if summary["valid"] else "INVALID (status or counts wrong) "
+        long_lots = _lots(summary["runs"]["long"][0]["lots"])
+        first, whole = summary["first_byte_ms"], summary["whole_ms"]
+        rows.append(
+            _row(
+                f"summary, {long_lots} lots: first byte (median of 5, one at a time)",
+                "1",
+                "—",
+                _ms(first["long"]),
+                "—",
+                "0" if summary["valid"] else "see JSON",
+                f"first byte of 10 lots {_ms(first['short'])}",
+                f"{first['long'] / first['short']:.2f}",
+                "—",
+                invalid + "reference",
+            )
+        )
+        rows.append(
+            _row(
+                f"summary, {long_lots} lots: whole answer ({summary['bytes']['long'] / 1e6:.1f}"
+                " MB)",
+                "1",
+                "—",
+                _ms(whole["long"]),
+                "—",
+                "0" if summary["valid"] else "see JSON",
+                f"10 lots {_ms(whole['short'])}",
+                f"{whole['long'] / whole['short']:.0f}",
+                "—",
+                invalid + "reference",
+            )
+        )
+        rows.append(
+            _row(
+                f"summary, {long_lots} lots: peak worker RSS",
+                "1",
+                *["—"] * 4,
+                f"idle {summary['idle_rss_mib']:.0f} MB",
+                f"{summary['peak_mib']:.0f} MB",
+                "—",
+                invalid + "reference",
+            )
+        )
 
     mid, big = batch.get("mid"), batch.get("big")
     for item, is_big in ((mid, False), (big, True)):

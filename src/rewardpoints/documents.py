@@ -153,13 +153,15 @@ LEFT JOIN LATERAL (
 """)
 
 # A streamed document: its start up to the first list's opening bracket, then each list as
-# rows of COPY, one item per row, in the lists' order; the rest is written around them.
+# rows of COPY, one item per row, in the lists' order; the rest is written around them. A lot
+# used up adds nothing to the active points: only the open ones are read (their own index).
 _DOCUMENT_START = text(f"""
 SELECT '{{"customerId":' || to_json(a.customer_id::text)::text
     || ',"activePoints":' || COALESCE((
         SELECT {_ACTIVE.format(now=":now")}
         FROM lots lo
-        WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id), 0)::text
+        WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id
+          AND NOT lo.used_up), 0)::text
     || ',"summary":{{"addedPointsList":[' AS start
 FROM accounts a
 WHERE a.tenant = :tenant AND a.customer_id = :customer
