@@ -119,37 +119,31 @@ _USED_WITH_OF_LOT = f"""(
     FROM lot_usages u
     WHERE u.tenant = lo.tenant AND u.lot_id = lo.id)"""
 
-# One customer's document, when its lots and redemptions number at most :most; else NULL, and
-# the document is streamed (below). Each list is read through the customer's index; each lot's
-# usedWith is one probe of lot_usages' primary key. Counting up to :most + 1 entries of each
-# list costs little, and the lists of a long history are then not read here at all.
+# One customer's document, when it has at most :most lots and at most :most redemptions; else
+# NULL, and the document is streamed (below). Each list is read through the customer's index,
+# :most + 1 entries at most, so a long history costs here no more than that; each lot's
+# usedWith is one probe of lot_usages' primary key.
 _ONE_DOCUMENT = text(f"""
-WITH a AS MATERIALIZED (
-    SELECT a.tenant, a.customer_id,
-           (SELECT count(*) FROM (
-               SELECT FROM lots lo
-               WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id
-               LIMIT :most + 1) AS n)
-         + (SELECT count(*) FROM (
-               SELECT FROM redemptions re
-               WHERE re.tenant = a.tenant AND re.customer_id = a.customer_id
-               LIMIT :most + 1) AS n) <= :most AS whole
-    FROM accounts a
-    WHERE a.tenant = :tenant AND a.customer_id = :customer
-)
-SELECT CASE WHEN a.whole THEN {_DOCUMENT} END AS document
-FROM a
+SELECT CASE WHEN l.n <= :most AND r.n <= :most THEN {_DOCUMENT} END AS document
+FROM accounts a
 LEFT JOIN LATERAL (
-    SELECT {_ACTIVE.format(now=":now")} AS active,
+    SELECT count(*) AS n, {_ACTIVE.format(now=":now")} AS active,
            string_agg({_lot_item(_USED_WITH_OF_LOT)}, ',' {_LOT_ORDER}) AS items
-    FROM lots lo
-    WHERE a.whole AND lo.tenant = a.tenant AND lo.customer_id = a.customer_id
+    FROM (
+        SELECT * FROM lots lo
+        WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id
+        {_LOT_ORDER} LIMIT :most + 1
+    ) lo
 ) l ON true
 LEFT JOIN LATERAL (
-    SELECT string_agg({_REDEMPTION_ITEM}, ',' {_REDEMPTION_ORDER}) AS items
-    FROM redemptions re
-    WHERE a.whole AND re.tenant = a.tenant AND re.customer_id = a.customer_id
+    SELECT count(*) AS n, string_agg({_REDEMPTION_ITEM}, ',' {_REDEMPTION_ORDER}) AS items
+    FROM (
+        SELECT * FROM redemptions re
+        WHERE re.tenant = a.tenant AND re.customer_id = a.customer_id
+        {_REDEMPTION_ORDER} LIMIT :most + 1
+    ) re
 ) r ON true
+WHERE a.tenant = :tenant AND a.customer_id = :customer
 """)
 
 # A streamed document: its start up to the first list's opening bracket, then each list as
@@ -279,10 +273,11 @@ async def summary_document(ledger: Ledger, tenant: str, customer_id: str) -> Asy
     """The customer's document, in parts that joined are the document.
 
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
-    ``ledger.summary_stream_entries`` lots and redemptions is one part. On PostgreSQL a longer
-    one is streamed: the lists are read with ``COPY ... TO STDOUT`` as they are sent, a bounded
-    amount ahead, so a history of 100,000 lots (some 25 MB of JSON) is not held in the worker's
-    memory, and its first bytes leave at once. Either way it is the customer as of one moment.
+    ``ledger.summary_stream_entries`` lots and as many redemptions is one part. On PostgreSQL a
+    longer one is streamed: the lists are read with ``COPY ... TO STDOUT`` as they are sent, a
+    bounded amount ahead, so a history of 100,000 lots (some 25 MB of JSON) is not held in the
+    worker's memory, and its first bytes leave at once. Either way it is the customer as of one
+    moment.
     """
     if not _in_database(ledger):
         yield dumps(summary_json(await ledger.summary(tenant, customer_id)))

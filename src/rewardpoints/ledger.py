@@ -190,7 +190,7 @@ class Ledger:
     ) -> None:
         self.engine = engine
         self.batch_export = batch_export or BatchExport()
-        # A customer with more lots and redemptions than this gets its summary streamed from
+        # A customer with more lots, or more redemptions, than this gets its summary streamed from
         # PostgreSQL (documents.py) rather than built whole first.
         self.summary_stream_entries = summary_stream_entries
         self.sites = sites
