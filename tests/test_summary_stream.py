@@ -47,10 +47,11 @@ async def _seed(http: httpx.AsyncClient, headers: dict[str, str], clock: FakeClo
             )
             assert added.status_code == 201, added.text
             clock.advance(seconds=1)
-    for points in (15, 22, 1):
+    # Ids in the reverse of their order, so that a list ordered by id is caught.
+    for points, spent_id in ((15, "z-first"), (22, "m-second"), (1, "a-third")):
         spent = await http.post(
             "/reward-points/customer/spender/redeemPoints",
-            json={"points": points, "description": AWKWARD},
+            json={"points": points, "description": AWKWARD, "id": spent_id},
             headers=headers,
         )
         assert spent.status_code == 201, spent.text
@@ -82,8 +83,8 @@ async def test_a_streamed_summary_is_the_same_bytes_as_one_built_whole(
         whole = await _summaries(http, tenant)
     spender = json.loads(whole["spender"].content)
     assert [lot["usedWith"] for lot in spender["summary"]["addedPointsList"]] == [
-        [spender["summary"]["redeemedPointsList"][0]["id"]],
-        [r["id"] for r in spender["summary"]["redeemedPointsList"]],
+        ["z-first"],
+        ["z-first", "m-second", "a-third"],
     ]
     assert spender["summary"]["addedPointsList"][0]["description"] == AWKWARD
     async with served(pg_url, clock, summary_stream_entries=stream_entries) as http:
