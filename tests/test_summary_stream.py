@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from .conftest import TEST_SECRET, bearer, make_settings, served, token
 from .support import (
     BULK_DESCRIPTION,
     FakeClock,
+    busy_connections,
     connect,
     hang_up_after_first_bytes,
     server_process,
@@ -168,6 +170,27 @@ async def _load_long_history(pg_url: str, tenant: str, lots: int, used: int) -> 
         await conn.close()
 
 
+async def test_a_summary_closed_half_way_gives_its_connection_up_at_once(
+    pg_url: str, tenant: str
+) -> None:
+    """What the response does when its client goes away: by the time closing the summary has
+    returned, its connection is no longer checked out (and the next summary gets one)."""
+    await _load_long_history(pg_url, tenant, lots=12_000, used=2_000)
+    application = create_app(make_settings(pg_url, summary_stream_entries=100))
+    ledger = application.state.ledger
+    try:
+        parts = summary_document(ledger, tenant, "long")
+        await anext(parts)
+        await anext(parts)
+        assert ledger.engine.pool.checkedout() == 1
+        await parts.aclose()
+        assert ledger.engine.pool.checkedout() == 0
+        again = b"".join([part async for part in summary_document(ledger, tenant, "long")])
+        assert len(json.loads(again)["summary"]["addedPointsList"]) == 12_000
+    finally:
+        await ledger.engine.dispose()
+
+
 def _points_agree(document: dict[str, Any]) -> None:
     lots = document["summary"]["addedPointsList"]
     redemptions = document["summary"]["redeemedPointsList"]
@@ -278,3 +301,82 @@ async def test_a_client_hanging_up_mid_summary_leaves_no_busy_connection(
     assert again.status_code == 200
     assert again.content == whole.content
     assert len(json.loads(again.content)["summary"]["addedPointsList"]) == 20_000
+
+
+async def test_a_summary_finding_every_stream_taken_is_built_whole(
+    pg_url: str, tenant: str
+) -> None:
+    """With one stream per process, a second long summary while the first is being sent is
+    built whole (its length known, its connection given back at once); the same bytes."""
+    await _load_long_history(pg_url, tenant, lots=2_000, used=500)
+    headers = bearer(token(tenant))
+    path = "/reward-points/customer/long/summary"
+    settings = make_settings(pg_url, summary_stream_entries=100, summary_streams=1)
+    application = create_app(settings)
+    transport = httpx.ASGITransport(app=application)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            parts = summary_document(application.state.ledger, tenant, "long")
+            received = [await anext(parts), await anext(parts)]
+            meanwhile = await http.get(path, headers=headers)
+            received += [part async for part in parts]
+            after = await http.get(path, headers=headers)
+    finally:
+        await application.state.ledger.engine.dispose()
+    assert len(received) > 2  # the first was streamed
+    assert meanwhile.status_code == 200, meanwhile.text
+    assert meanwhile.headers["content-length"] == str(len(meanwhile.content))
+    assert meanwhile.content == b"".join(received)
+    assert after.status_code == 200
+    assert "content-length" not in after.headers  # the stream is free again
+    assert after.content == meanwhile.content
+
+
+def _stall(base: str, headers: dict[str, str], path: str) -> socket.socket:
+    """Ask for ``path`` and read no more than the start of the answer."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    request = f"GET {path} HTTP/1.1\r\nHost: test\r\n"
+    sock.sendall(f"{request}Authorization: {headers['Authorization']}\r\n\r\n".encode())
+    head = sock.recv(1024)
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return sock
+
+
+@pytest.mark.slow
+async def test_customers_who_stop_reading_their_summaries_do_not_hold_the_pool(
+    pg_url: str, tenant: str
+) -> None:
+    """Four customers' apps ask for a long summary and stop reading. Streamed, each would hold a
+    connection for as long as it likes: with a pool of 2 (+2 overflow) every other request
+    would wait 2 s and get a 503. One is streamed; the others are built whole and let go."""
+    await _load_long_history(pg_url, tenant, lots=30_000, used=10_000)
+    env = {
+        "REWARDPOINTS_DATABASE_URL": pg_url,
+        "REWARDPOINTS_JWT_SECRET": TEST_SECRET,
+        "REWARDPOINTS_DATABASE_POOL_SIZE": "2",
+        "REWARDPOINTS_DATABASE_POOL_TIMEOUT_SECONDS": "2",
+        "REWARDPOINTS_SUMMARY_STREAMS": "1",
+    }
+    own = bearer(token(tenant, (), customer_id="long"))
+    stalled: list[socket.socket] = []
+    with server_process(env) as server:
+        try:
+            for _ in range(4):
+                stalled.append(
+                    await asyncio.to_thread(
+                        _stall, server.base, own, "/reward-points/public/customer/summary"
+                    )
+                )
+            async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
+                balance = await http.get(
+                    "/reward-points/customer/long", headers=bearer(token(tenant))
+                )
+                assert balance.status_code == 200, balance.text
+                assert balance.json() == 200_000
+                assert len(await busy_connections(pg_url)) == 1  # the one stream
+        finally:
+            for sock in stalled:
+                sock.close()
+        await until_no_busy_connection(pg_url)

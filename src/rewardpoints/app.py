@@ -65,6 +65,7 @@ def create_app(
             settings.summary_batch_connections, settings.summary_batch_range_customers
         ),
         summary_stream_entries=settings.summary_stream_entries,
+        summary_streams=settings.summary_streams,
     )
     verifier = TokenVerifier(settings, jwks=jwks)
 

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     # On PostgreSQL, the summary of a customer with more lots, or more redemptions, than this is
     # streamed as it is read instead of built whole in memory first (documents.py).
     summary_stream_entries: int = Field(default=1000, ge=0, le=1_000_000)
+    # ... by at most this many streams at once per process; beyond, they are built whole.
+    summary_streams: int = Field(default=4, ge=0, le=1000)
 
     @field_validator("jwt_public_key")
     @classmethod

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AsyncExitStack, aclosing
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -180,6 +180,8 @@ WHERE re.tenant = $1 AND re.customer_id = $2
 {_REDEMPTION_ORDER}
 """
 _BETWEEN_LISTS = b'],"redeemedPointsList":['
+# ``:most`` of a summary built whole whatever its length.
+_WHOLE = 1_000_000_000
 _DOCUMENT_END = b"]}}"
 
 
@@ -276,8 +278,9 @@ async def summary_document(ledger: Ledger, tenant: str, customer_id: str) -> Asy
     """The customer's document, in parts that joined are the document.
 
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
-    ``ledger.summary_stream_entries`` lots and as many redemptions is one part. On PostgreSQL a
-    longer one is streamed: the lists are read with ``COPY ... TO STDOUT`` as they are sent, a
+    ``ledger.summary_stream_entries`` lots and as many redemptions is one part, and so is every
+    summary while ``ledger.summary_streams`` are all taken. On PostgreSQL a longer one is
+    streamed: the lists are read with ``COPY ... TO STDOUT`` as they are sent, a
     bounded amount ahead, so a history of 100,000 lots (some 25 MB of JSON) is not held in the
     worker's memory, and its first bytes leave at once. Either way it is the customer as of one
     moment.
@@ -286,26 +289,25 @@ async def summary_document(ledger: Ledger, tenant: str, customer_id: str) -> Asy
         yield dumps(summary_json(await ledger.summary(tenant, customer_id)))
         return
     now = ledger.clock()
-    params = {
-        "tenant": tenant,
-        "customer": customer_id,
-        "now": now,
-        "most": ledger.summary_stream_entries,
-    }
-    async with single_read(ledger.engine) as conn:
-        row = (await conn.execute(_ONE_DOCUMENT, params)).first()
-    if row is None:
-        raise CustomerNotFound(customer_id)
-    if row.document is not None:
-        yield str(row.document).encode()
-        return
-    async for part in _streamed_document(ledger, tenant, customer_id, now):
-        yield part
+    with ledger.summary_streams.claim() as may_stream:
+        most = ledger.summary_stream_entries if may_stream else _WHOLE
+        params = {"tenant": tenant, "customer": customer_id, "now": now, "most": most}
+        async with single_read(ledger.engine) as conn:
+            row = (await conn.execute(_ONE_DOCUMENT, params)).first()
+        if row is None:
+            raise CustomerNotFound(customer_id)
+        if row.document is not None:
+            yield str(row.document).encode()
+            return
+        # Closed with this generator, so its connection is given up when this one is closed.
+        async with aclosing(_streamed_document(ledger, tenant, customer_id, now)) as parts:
+            async for part in parts:
+                yield part
 
 
 async def _streamed_document(
     ledger: Ledger, tenant: str, customer_id: str, now: datetime
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     async with read_transaction(ledger.engine, snapshot=True) as conn:
         copy: _RangeCopy | None = None
         try:

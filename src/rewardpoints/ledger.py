@@ -169,6 +169,27 @@ class BatchExport:
             self._extra_in_use -= taken
 
 
+@dataclass(slots=True)
+class StreamSlots:
+    """At most ``limit`` summaries streamed at once by one process (documents.py). A streamed
+    summary holds its connection for as long as its client takes to read it, so slow clients,
+    a customer's own among them, could otherwise hold the whole pool; a summary that finds no
+    slot free is built whole, as a short one is, and its connection goes back at once."""
+
+    limit: int = 4
+    _in_use: int = 0
+
+    @contextmanager
+    def claim(self) -> Iterator[bool]:
+        """Whether a slot was free; it is held until the block ends."""
+        taken = int(self._in_use < self.limit)
+        self._in_use += taken
+        try:
+            yield bool(taken)
+        finally:
+            self._in_use -= taken
+
+
 def _digest(parts: Sequence[Any]) -> str:
     return hashlib.sha256(json.dumps(parts, separators=(",", ":")).encode()).hexdigest()
 
@@ -187,12 +208,14 @@ class Ledger:
         lock_timeout_seconds: float = 5.0,
         batch_export: BatchExport | None = None,
         summary_stream_entries: int = 1000,
+        summary_streams: int = 4,
     ) -> None:
         self.engine = engine
         self.batch_export = batch_export or BatchExport()
         # A customer with more lots, or more redemptions, than this gets its summary streamed from
         # PostgreSQL (documents.py) rather than built whole first.
         self.summary_stream_entries = summary_stream_entries
+        self.summary_streams = StreamSlots(summary_streams)
         self.sites = sites
         self.clock = clock
         # On PostgreSQL, add and redeem run as one call of a database function (migration
