@@ -79,7 +79,7 @@ def _stamp(column: str) -> str:
 
 # A lot and a redemption as JSON objects, with the key order and compact separators of ``dumps``
 # above; to_json escapes strings as json.dumps(ensure_ascii=False) does. ``used_with`` is the
-# lot's redemption ids as comma-separated JSON strings; NULL or empty when it has none.
+# lot's redemption ids as comma-separated JSON strings, or NULL when it has none.
 def _lot_item(used_with: str) -> str:
     return (
         """'{"id":' || to_json(lo.id::text)::text"""
@@ -114,13 +114,10 @@ _DOCUMENT = (
     """ || '],"redeemedPointsList":[' || COALESCE(r.items, '') || ']}}'"""
 )
 
-# A lot's usedWith items. An array of a sorted subquery, not an ordered string_agg: that would
-# set up a sort for every lot (a 100,000-lot summary: ~90 ms of ~730 ms).
-_USED_WITH_OF_LOT = f"""array_to_string(ARRAY(
-    SELECT {_USED_WITH_ITEM}
+_USED_WITH_OF_LOT = f"""(
+    SELECT string_agg({_USED_WITH_ITEM}, ',' {_USED_WITH_ORDER})
     FROM lot_usages u
-    WHERE u.tenant = lo.tenant AND u.lot_id = lo.id
-    {_USED_WITH_ORDER}), ',')"""
+    WHERE u.tenant = lo.tenant AND u.lot_id = lo.id)"""
 
 # One customer's document, when it has at most :most lots and at most :most redemptions; else
 # NULL, and the document is streamed (below). Each list is read through the customer's index,
