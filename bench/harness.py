@@ -1210,36 +1210,30 @@ def table_rows(results: dict[str, Result], batch: dict[str, Any]) -> list[dict[s
     if summary:
         invalid = "" if summary["valid"] else "INVALID (status or counts wrong) "
         long_lots = _lots(summary["runs"]["long"][0]["lots"])
-        first, whole = summary["first_byte_ms"], summary["whole_ms"]
-        rows.append(
-            _row(
-                f"summary, {long_lots} lots: first byte (median of 5, one at a time)",
-                "1",
-                "—",
-                _ms(first["long"]),
-                "—",
-                "0" if summary["valid"] else "see JSON",
-                f"first byte of 10 lots {_ms(first['short'])}",
-                f"{first['long'] / first['short']:.2f}",
-                "—",
-                invalid + "reference",
+        size_mb = summary["bytes"]["long"] / 1e6
+        for label, medians, against, digits in (
+            (
+                "first byte (median of 5, one at a time)",
+                summary["first_byte_ms"],
+                "first byte of",
+                2,
+            ),
+            (f"whole answer ({size_mb:.1f} MB)", summary["whole_ms"], "", 0),
+        ):
+            rows.append(
+                _row(
+                    f"summary, {long_lots} lots: {label}",
+                    "1",
+                    "—",
+                    _ms(medians["long"]),
+                    "—",
+                    "0" if summary["valid"] else "see JSON",
+                    f"{against} 10 lots {_ms(medians['short'])}".lstrip(),
+                    f"{medians['long'] / medians['short']:.{digits}f}",
+                    "—",
+                    invalid + "reference",
+                )
             )
-        )
-        rows.append(
-            _row(
-                f"summary, {long_lots} lots: whole answer ({summary['bytes']['long'] / 1e6:.1f}"
-                " MB)",
-                "1",
-                "—",
-                _ms(whole["long"]),
-                "—",
-                "0" if summary["valid"] else "see JSON",
-                f"10 lots {_ms(whole['short'])}",
-                f"{whole['long'] / whole['short']:.0f}",
-                "—",
-                invalid + "reference",
-            )
-        )
         rows.append(
             _row(
                 f"summary, {long_lots} lots: peak worker RSS",
