@@ -160,6 +160,7 @@ SELECT '{{"customerId":' || to_json(a.customer_id::text)::text
 FROM accounts a
 WHERE a.tenant = :tenant AND a.customer_id = :customer
 """)
+
 # A used lot's usedWith list: one probe of lot_usages' primary key. Lots with no point used
 # (most of the open ones) have none and are not probed.
 _USED_WITH_OF_USED_LOT = f"CASE WHEN lo.used_points > 0 THEN {_USED_WITH_OF_LOT} END"
@@ -177,9 +178,9 @@ WHERE re.tenant = $1 AND re.customer_id = $2
 {_REDEMPTION_ORDER}
 """
 _BETWEEN_LISTS = b'],"redeemedPointsList":['
+_DOCUMENT_END = b"]}}"
 # ``:most`` of a summary built whole whatever its length.
 _WHOLE = 1_000_000_000
-_DOCUMENT_END = b"]}}"
 
 
 @functools.cache
@@ -277,10 +278,9 @@ async def summary_document(ledger: Ledger, tenant: str, customer_id: str) -> Asy
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
     ``ledger.summary_stream_entries`` lots and as many redemptions is one part, and so is every
     summary while ``ledger.summary_streams`` are all taken. On PostgreSQL a longer one is
-    streamed: the lists are read with ``COPY ... TO STDOUT`` as they are sent, a
-    bounded amount ahead, so a history of 100,000 lots (some 25 MB of JSON) is not held in the
-    worker's memory, and its first bytes leave at once. Either way it is the customer as of one
-    moment.
+    streamed: its lists are read with ``COPY ... TO STDOUT`` as they are sent, a bounded amount
+    ahead, so a history of 100,000 lots (27 MB of JSON) is not held in the worker's memory, and
+    its first bytes leave at once. Either way it is the customer as of one moment.
     """
     if not _in_database(ledger):
         yield dumps(summary_json(await ledger.summary(tenant, customer_id)))
