@@ -170,6 +170,16 @@ async def served(
         await application.state.ledger.engine.dispose()
 
 
+@contextlib.asynccontextmanager
+async def ledger_of(url: str, **overrides: Any) -> AsyncIterator[Any]:
+    """The ledger of a service of its own with these settings, its engine disposed after."""
+    app = create_app(make_settings(url, **overrides))
+    try:
+        yield app.state.ledger
+    finally:
+        await app.state.ledger.engine.dispose()
+
+
 def token(
     tenant: str,
     scopes: tuple[str, ...] | list[str] = (VIEW, MANAGE),

@@ -7,19 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
 import pytest
 
-from rewardpoints.app import create_app
 from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents, summary_documents
 from rewardpoints.ledger import BatchExport
 
-from .conftest import _admin, bearer, fresh_database, make_settings, served, token
+from .conftest import _admin, bearer, fresh_database, ledger_of, served, token
 from .support import FakeClock, bulk_load, connect
 
 # Ordered bytewise ("0" < "A" < "Z9" < "a" < "b-1" < "z" < "ä"); two have no lot at all.
@@ -240,15 +237,6 @@ async def test_a_tenant_without_statistics_is_read_by_merging_never_customer_by_
 
 
 # ---- the export's connections, read through the ledger as the route reads it ----------------
-
-
-@asynccontextmanager
-async def ledger_of(url: str, **overrides: Any) -> AsyncIterator[Any]:
-    app = create_app(make_settings(url, **overrides))
-    try:
-        yield app.state.ledger
-    finally:
-        await app.state.ledger.engine.dispose()
 
 
 async def _bulk_tenant(pg_url: str, tenant: str, customers: int) -> None:

@@ -18,7 +18,7 @@ from rewardpoints.app import create_app
 from rewardpoints.documents import _streamed_document, summary_document
 from rewardpoints.errors import CustomerNotFound
 
-from .conftest import TEST_SECRET, bearer, make_settings, served, token
+from .conftest import TEST_SECRET, bearer, ledger_of, make_settings, served, token
 from .support import (
     BULK_DESCRIPTION,
     FakeClock,
@@ -114,13 +114,10 @@ async def test_a_customer_deleted_before_its_stream_begins_is_not_found(
     pg_url: str, tenant: str
 ) -> None:
     """Counted as long, then erased before the stream's own snapshot: a 404, not a broken 200."""
-    application = create_app(make_settings(pg_url))
-    try:
-        parts = _streamed_document(application.state.ledger, tenant, "erased", datetime.now(UTC))
+    async with ledger_of(pg_url) as ledger:
+        parts = _streamed_document(ledger, tenant, "erased", datetime.now(UTC))
         with pytest.raises(CustomerNotFound):
             await anext(parts)
-    finally:
-        await application.state.ledger.engine.dispose()
 
 
 async def _load_long_history(pg_url: str, tenant: str, lots: int, used: int) -> None:
@@ -176,9 +173,7 @@ async def test_a_summary_closed_half_way_gives_its_connection_up_at_once(
     """What the response does when its client goes away: by the time closing the summary has
     returned, its connection is no longer checked out (and the next summary gets one)."""
     await _load_long_history(pg_url, tenant, lots=12_000, used=2_000)
-    application = create_app(make_settings(pg_url, summary_stream_entries=100))
-    ledger = application.state.ledger
-    try:
+    async with ledger_of(pg_url, summary_stream_entries=100) as ledger:
         parts = summary_document(ledger, tenant, "long")
         await anext(parts)
         await anext(parts)
@@ -186,9 +181,7 @@ async def test_a_summary_closed_half_way_gives_its_connection_up_at_once(
         await parts.aclose()
         assert ledger.engine.pool.checkedout() == 0
         again = b"".join([part async for part in summary_document(ledger, tenant, "long")])
-        assert len(json.loads(again)["summary"]["addedPointsList"]) == 12_000
-    finally:
-        await ledger.engine.dispose()
+    assert len(json.loads(again)["summary"]["addedPointsList"]) == 12_000
 
 
 def _points_agree(document: dict[str, Any]) -> None:

@@ -19,6 +19,7 @@ from typing import Any, cast
 import anyio
 import asyncpg
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import QueuePool
 
 from .db import is_unavailable, read_transaction, single_read
@@ -329,16 +330,9 @@ async def _streamed_document(
         except CustomerNotFound:
             raise
         except BaseException as error:
-            # As in summary_documents: the connection's state is unknown, it is not reused.
-            with anyio.CancelScope(shield=True):
-                if copy is not None:
-                    copy.cancel()
-                await conn.invalidate()
-                if copy is not None:
-                    await copy.close()
-            driver_error = isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError))
-            if driver_error and is_unavailable(error):
-                raise DatabaseUnavailable(str(error)) from error
+            unavailable = await _abandon([copy] if copy else [], [conn], error)
+            if unavailable:
+                raise unavailable from error
             raise
         await copy.close()
 
@@ -403,22 +397,32 @@ async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]
                         # (JSON escapes every control character), and no newline.
                         yield rows.replace(b"\\\\", b"\\").replace(b"\n", b",")
         except BaseException as error:
-            # Failed, closed half-way (the client went away) or cancelled: the connections'
-            # state is unknown, so they do not go back to the pool. Shielded: a cancelled
-            # response would otherwise stop this at its first wait, leaving the rest open.
-            with anyio.CancelScope(shield=True):
-                for copy in copies:
-                    copy.cancel()
-                for conn in connections:
-                    await conn.invalidate()
-                for copy in copies:
-                    await copy.close()
-            driver_error = isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError))
-            if driver_error and is_unavailable(error):
-                raise DatabaseUnavailable(str(error)) from error
+            unavailable = await _abandon(copies, connections, error)
+            if unavailable:
+                raise unavailable from error
             raise
         for copy in copies:
             await copy.close()
+
+
+async def _abandon(
+    copies: list[_RangeCopy], connections: list[AsyncConnection], error: BaseException
+) -> DatabaseUnavailable | None:
+    """After a stream failed, was closed half-way (the client went away) or was cancelled: its
+    connections' state is unknown, so they do not go back to the pool. Shielded: a cancelled
+    response would otherwise stop this at its first wait, leaving the rest open. Returns what
+    to raise instead of ``error`` when it means the database is unreachable."""
+    with anyio.CancelScope(shield=True):
+        for copy in copies:
+            copy.cancel()
+        for conn in connections:
+            await conn.invalidate()
+        for copy in copies:
+            await copy.close()
+    driver_error = isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError))
+    if driver_error and is_unavailable(error):
+        return DatabaseUnavailable(str(error))
+    return None
 
 
 def _idle_connections(ledger: Ledger) -> int:
