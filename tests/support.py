@@ -404,3 +404,66 @@ def hang_up_after_first_bytes(
         # Close with a reset, as a client that goes away does, not after reading everything.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     return received
+
+
+async def load_long_history(pg_url: str, tenant: str, lots: int, used: int) -> None:
+    """Customer "long": ``lots`` lots of 10 points, one a second; after every 10th of the first
+    ``used`` a redemption of 100 spent those 10. Written in bulk, as an import would."""
+    start = datetime.now(UTC) - timedelta(days=30)
+    conn = await connect(pg_url)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO accounts (tenant, customer_id, created_at) VALUES ($1, 'long', $2)",
+                tenant,
+                start,
+            )
+            await conn.execute(
+                "INSERT INTO lots (tenant, id, customer_id, description, reference_id, points,"
+                " used_points, created_at, valid_until, all_points_after_creation, request_hash)"
+                " SELECT $1, 'l' || lpad(g::text, 6, '0'), 'long', $2, 'ref ' || g, 10,"
+                " CASE WHEN g <= $5 THEN 10 ELSE 0 END, $3::timestamptz + g * interval '1 second',"
+                " $4, 10, 'h' FROM generate_series(1, $6) g",
+                tenant,
+                BULK_DESCRIPTION,
+                start,
+                start + timedelta(days=3650),
+                used,
+                lots,
+            )
+            await conn.execute(
+                "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
+                " created_at, all_points_after_creation, request_hash)"
+                " SELECT $1, 'r' || lpad(k::text, 6, '0'), 'long', 'spent', 100,"
+                " $2::timestamptz + (10 * k) * interval '1 second' + interval '0.5 second', 0, 'h'"
+                " FROM generate_series(1, $3) k",
+                tenant,
+                start,
+                used // 10,
+            )
+            await conn.execute(
+                "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
+                " SELECT $1, 'l' || lpad(g::text, 6, '0'), 'r' || lpad(((g + 9) / 10)::text,"
+                " 6, '0'), 10, $2 FROM generate_series(1, $3) g",
+                tenant,
+                start,
+                used,
+            )
+    finally:
+        await conn.close()
+
+
+def stall(base: str, headers: dict[str, str], path: str) -> tuple[socket.socket, bytes]:
+    """Ask for ``path`` and read no more than the start of the answer: the socket, and what
+    was read."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    # Before connecting, so the window TCP offers is this small from the start.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    request = f"GET {path} HTTP/1.1\r\nHost: test\r\n"
+    sock.sendall(f"{request}Authorization: {headers['Authorization']}\r\n\r\n".encode())
+    head = sock.recv(1024)
+    assert head.startswith(b"HTTP/1.1 200"), head[:200]
+    return sock, head

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +20,12 @@ from rewardpoints.errors import CustomerNotFound
 
 from .conftest import TEST_SECRET, bearer, ledger_of, make_settings, served, token
 from .support import (
-    BULK_DESCRIPTION,
     FakeClock,
     busy_connections,
-    connect,
     hang_up_after_first_bytes,
+    load_long_history,
     server_process,
+    stall,
     until_no_busy_connection,
 )
 
@@ -120,59 +120,12 @@ async def test_a_customer_deleted_before_its_stream_begins_is_not_found(
             await anext(parts)
 
 
-async def _load_long_history(pg_url: str, tenant: str, lots: int, used: int) -> None:
-    """Customer "long": ``lots`` lots of 10 points, one a second; after every 10th of the first
-    ``used`` a redemption of 100 spent those 10. Written in bulk, as an import would."""
-    start = datetime.now(UTC) - timedelta(days=30)
-    conn = await connect(pg_url)
-    try:
-        async with conn.transaction():
-            await conn.execute(
-                "INSERT INTO accounts (tenant, customer_id, created_at) VALUES ($1, 'long', $2)",
-                tenant,
-                start,
-            )
-            await conn.execute(
-                "INSERT INTO lots (tenant, id, customer_id, description, reference_id, points,"
-                " used_points, created_at, valid_until, all_points_after_creation, request_hash)"
-                " SELECT $1, 'l' || lpad(g::text, 6, '0'), 'long', $2, 'ref ' || g, 10,"
-                " CASE WHEN g <= $5 THEN 10 ELSE 0 END, $3::timestamptz + g * interval '1 second',"
-                " $4, 10, 'h' FROM generate_series(1, $6) g",
-                tenant,
-                BULK_DESCRIPTION,
-                start,
-                start + timedelta(days=3650),
-                used,
-                lots,
-            )
-            await conn.execute(
-                "INSERT INTO redemptions (tenant, id, customer_id, description, points,"
-                " created_at, all_points_after_creation, request_hash)"
-                " SELECT $1, 'r' || lpad(k::text, 6, '0'), 'long', 'spent', 100,"
-                " $2::timestamptz + (10 * k) * interval '1 second' + interval '0.5 second', 0, 'h'"
-                " FROM generate_series(1, $3) k",
-                tenant,
-                start,
-                used // 10,
-            )
-            await conn.execute(
-                "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
-                " SELECT $1, 'l' || lpad(g::text, 6, '0'), 'r' || lpad(((g + 9) / 10)::text,"
-                " 6, '0'), 10, $2 FROM generate_series(1, $3) g",
-                tenant,
-                start,
-                used,
-            )
-    finally:
-        await conn.close()
-
-
 async def test_a_summary_closed_half_way_gives_its_connection_up_at_once(
     pg_url: str, tenant: str
 ) -> None:
     """What the response does when its client goes away: by the time closing the summary has
     returned, its connection is no longer checked out (and the next summary gets one)."""
-    await _load_long_history(pg_url, tenant, lots=12_000, used=2_000)
+    await load_long_history(pg_url, tenant, lots=12_000, used=2_000)
     async with ledger_of(pg_url, summary_stream_entries=100) as ledger:
         parts = summary_document(ledger, tenant, "long")
         await anext(parts)
@@ -198,7 +151,7 @@ async def test_a_streamed_summary_is_the_customer_as_of_one_moment(
 ) -> None:
     """Points are redeemed while the lots are being sent: the summary shows neither the
     redemption nor its lots' new usedPoints, and a summary read after shows both."""
-    await _load_long_history(pg_url, tenant, lots=12_000, used=2_000)
+    await load_long_history(pg_url, tenant, lots=12_000, used=2_000)
     headers = bearer(token(tenant))
     application = create_app(make_settings(pg_url, summary_stream_entries=100))
     transport = httpx.ASGITransport(app=application)
@@ -241,7 +194,7 @@ def _high_water_mark_kb(pid: int) -> int:
 async def test_the_worker_memory_does_not_grow_with_the_history(pg_url: str, tenant: str) -> None:
     """60,000 lots, ~15 MB of JSON: built whole, the worker's peak memory grew by about three
     times that (the text, its bytes, the driver's buffer); streamed, by little."""
-    await _load_long_history(pg_url, tenant, lots=60_000, used=50_000)
+    await load_long_history(pg_url, tenant, lots=60_000, used=50_000)
     env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
     headers = bearer(token(tenant))
     with server_process(env) as server:  # one worker: the server process serves
@@ -275,7 +228,7 @@ async def test_the_worker_memory_does_not_grow_with_the_history(pg_url: str, ten
 async def test_a_client_hanging_up_mid_summary_leaves_no_busy_connection(
     pg_url: str, tenant: str
 ) -> None:
-    await _load_long_history(pg_url, tenant, lots=20_000, used=10_000)
+    await load_long_history(pg_url, tenant, lots=20_000, used=10_000)
     env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
     headers = bearer(token(tenant))
     path = "/reward-points/customer/long/summary"
@@ -301,7 +254,7 @@ async def test_a_summary_finding_every_stream_taken_is_built_whole(
 ) -> None:
     """With one stream per process, a second long summary while the first is being sent is
     built whole (its length known, its connection given back at once); the same bytes."""
-    await _load_long_history(pg_url, tenant, lots=2_000, used=500)
+    await load_long_history(pg_url, tenant, lots=2_000, used=500)
     headers = bearer(token(tenant))
     path = "/reward-points/customer/long/summary"
     settings = make_settings(pg_url, summary_stream_entries=100, summary_streams=1)
@@ -325,18 +278,6 @@ async def test_a_summary_finding_every_stream_taken_is_built_whole(
     assert after.content == meanwhile.content
 
 
-def _stall(base: str, headers: dict[str, str], path: str) -> socket.socket:
-    """Ask for ``path`` and read no more than the start of the answer."""
-    host, port = base.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    request = f"GET {path} HTTP/1.1\r\nHost: test\r\n"
-    sock.sendall(f"{request}Authorization: {headers['Authorization']}\r\n\r\n".encode())
-    head = sock.recv(1024)
-    assert head.startswith(b"HTTP/1.1 200"), head[:200]
-    return sock
-
-
 @pytest.mark.slow
 async def test_customers_who_stop_reading_their_summaries_do_not_hold_the_pool(
     pg_url: str, tenant: str
@@ -344,7 +285,7 @@ async def test_customers_who_stop_reading_their_summaries_do_not_hold_the_pool(
     """Four customers' apps ask for a long summary and stop reading. Streamed, each would hold a
     connection for as long as it likes: with a pool of 2 (+2 overflow) every other request
     would wait 2 s and get a 503. One is streamed; the others are built whole and let go."""
-    await _load_long_history(pg_url, tenant, lots=30_000, used=10_000)
+    await load_long_history(pg_url, tenant, lots=30_000, used=10_000)
     env = {
         "REWARDPOINTS_DATABASE_URL": pg_url,
         "REWARDPOINTS_JWT_SECRET": TEST_SECRET,
@@ -357,11 +298,9 @@ async def test_customers_who_stop_reading_their_summaries_do_not_hold_the_pool(
     with server_process(env) as server:
         try:
             for _ in range(4):
-                stalled.append(
-                    await asyncio.to_thread(
-                        _stall, server.base, own, "/reward-points/public/customer/summary"
-                    )
-                )
+                path = "/reward-points/public/customer/summary"
+                sock, _ = await asyncio.to_thread(stall, server.base, own, path)
+                stalled.append(sock)
             async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
                 balance = await http.get(
                     "/reward-points/customer/long", headers=bearer(token(tenant))

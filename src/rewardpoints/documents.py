@@ -416,6 +416,11 @@ async def _abandon(
         for copy in copies:
             copy.cancel()
         for conn in connections:
+            # Closed at once: SQLAlchemy's invalidation first tries a graceful close, which
+            # waits 2 s for a connection whose COPY is parked in its read-ahead.
+            fairy = await conn.get_raw_connection()
+            driver: asyncpg.Connection = fairy.driver_connection
+            driver.terminate()
             await conn.invalidate()
         for copy in copies:
             await copy.close()

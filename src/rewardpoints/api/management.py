@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from ..documents import summary_document, summary_documents
 from ..errors import InvalidRequest
@@ -19,6 +19,7 @@ from .schemas import (
     PointsSummaryOut,
     RedeemedPointsIn,
 )
+from .streaming import StreamedResponse
 
 router = APIRouter(prefix="/reward-points", tags=["Reward Points Management"])
 
@@ -40,13 +41,18 @@ def _integer(value: int) -> Response:
     response_model=list[PointsSummaryOut],
     responses=responses(401, 403, 500, 503),
 )
-async def summary_batch(principal: ViewPrincipal, ledger: LedgerDep) -> Response:
+async def summary_batch(request: Request, principal: ViewPrincipal, ledger: LedgerDep) -> Response:
     """Every customer of the token's tenant, ordered by `customerId`, streamed as it is read."""
     documents = summary_documents(ledger, principal.tenant)
     # Read the first customer before answering, so an unreachable database is a 503, not a
     # broken 200.
     first = await anext(documents, None)
-    return StreamingResponse(_json_array(first, documents), media_type="application/json")
+    return _streamed(request, _json_array(first, documents))
+
+
+def _streamed(request: Request, content: AsyncIterator[bytes]) -> StreamedResponse:
+    timeout = request.app.state.settings.stream_send_timeout_seconds
+    return StreamedResponse(content, send_timeout=timeout)
 
 
 async def _json_array(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -68,7 +74,7 @@ async def _json_array(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncI
         await rest.aclose()  # type: ignore[attr-defined]
 
 
-async def summary_response(parts: AsyncIterator[bytes]) -> Response:
+async def summary_response(request: Request, parts: AsyncIterator[bytes]) -> Response:
     """A customer's summary: one response when it came whole, else streamed as it is read.
 
     The first parts are read before answering, so a missing customer is a 404 and an
@@ -81,7 +87,7 @@ async def summary_response(parts: AsyncIterator[bytes]) -> Response:
         raise
     if second is None:
         return Response(first, media_type="application/json")
-    return StreamingResponse(_parts(first + second, parts), media_type="application/json")
+    return _streamed(request, _parts(first + second, parts))
 
 
 async def _parts(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -163,10 +169,11 @@ async def delete_entry(
     responses=responses(400, 401, 403, 404, 500, 503),
 )
 async def get_summary(
-    principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep
+    request: Request, principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep
 ) -> Response:
     """Every added and redeemed entry of the customer, oldest first, and the active points."""
-    return await summary_response(summary_document(ledger, principal.tenant, customer_id))
+    parts = summary_document(ledger, principal.tenant, customer_id)
+    return await summary_response(request, parts)
 
 
 @router.post(

@@ -48,10 +48,13 @@ async def get_own_balance(principal: CustomerPrincipal, ledger: LedgerDep) -> Re
     response_model=PointsSummaryOut,
     responses=responses(401, 403, 404, 500, 503),
 )
-async def get_own_summary(principal: CustomerPrincipal, ledger: LedgerDep) -> Response:
+async def get_own_summary(
+    request: Request, principal: CustomerPrincipal, ledger: LedgerDep
+) -> Response:
     """Every added and redeemed entry of the signed-in customer, oldest first."""
     assert principal.customer_id is not None
-    return await summary_response(summary_document(ledger, principal.tenant, principal.customer_id))
+    parts = summary_document(ledger, principal.tenant, principal.customer_id)
+    return await summary_response(request, parts)
 
 
 @router.get(
