@@ -33,7 +33,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests migrations
 	$(BIN)/ruff format --check src tests migrations
-	$(BIN)/mypy src
+	$(BIN)/mypy src tests
 
 format: install
 	$(BIN)/ruff check --fix src tests migrations

@@ -13,10 +13,11 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
+from starlette.types import Message
 
 from rewardpoints.api.deps import get_ledger
 from rewardpoints.app import create_app
@@ -318,20 +319,22 @@ async def test_expired_and_unknown_tokens_are_refused_as_by_the_routes(
         tenant: bearer(token(tenant, (VIEW, MANAGE), ttl_seconds=60))
         for tenant in (fast.tenant, slow.tenant)
     }
+    # Every lane's tenant is a key of ``short``: its get never answers None here.
+    short_auth = cast(Callable[[str], dict[str, str]], short.get)
     answers = []
     for lane in (fast, slow):
         first = await lane.send(
-            req("POST", "/customer/c1/addPoints", auth=short.get, json={"points": 1})
+            req("POST", "/customer/c1/addPoints", auth=short_auth, json={"points": 1})
         )
         assert first.status_code == 201
-        answers.append(await lane.send(req("GET", "/customer/c1", auth=short.get)))
+        answers.append(await lane.send(req("GET", "/customer/c1", auth=short_auth)))
     assert [answer.text for answer in answers] == ["1", "1"]
     later = time.time() + 3600
     monkeypatch.setattr("rewardpoints.auth.time.time", lambda: later)
     for lane in (fast, slow):
         for request in (
-            req("GET", "/customer/c1", auth=short.get),
-            req("POST", "/customer/c1/redeemPoints", auth=short.get, json={"points": 1}),
+            req("GET", "/customer/c1", auth=short_auth),
+            req("POST", "/customer/c1/redeemPoints", auth=short_auth, json={"points": 1}),
         ):
             refused = await lane.send(request)
             assert refused.status_code == 401
@@ -420,16 +423,16 @@ async def test_a_client_gone_before_its_body_ends_changes_nothing(
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         add = "/reward-points/customer/c1/addPoints"
         assert (await client.post(add, json={"points": 5}, headers=headers)).status_code == 201
-        sent: list[dict[str, Any]] = []
-        messages = [
+        sent: list[Message] = []
+        messages: list[Message] = [
             {"type": "http.request", "body": b'{"points":', "more_body": True},
             {"type": "http.disconnect"},
         ]
 
-        async def receive() -> dict[str, Any]:
+        async def receive() -> Message:
             return messages.pop(0) if messages else {"type": "http.disconnect"}
 
-        async def send(message: dict[str, Any]) -> None:
+        async def send(message: Message) -> None:
             sent.append(message)
 
         scope = {

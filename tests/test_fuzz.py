@@ -20,7 +20,7 @@ import secrets
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,7 +28,7 @@ import jsonschema_rs
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis import Case, CheckContext, Response
+from schemathesis import BaseSchema, CheckContext, Response
 from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.core import NotSet
@@ -47,6 +47,9 @@ from rewardpoints.app import create_app
 
 from .conftest import MANAGE, TEST_SECRET, VIEW, bearer, make_settings, token
 from .support import running_server
+
+if TYPE_CHECKING:
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 PREFIX = "/reward-points"
 MANAGEMENT = "Reward Points Management"
@@ -85,7 +88,7 @@ PLAIN_PATH = re.compile(r"[A-Za-z0-9/_.~-]*")
 SENT: Counter[tuple[str, str, str]] = Counter()
 
 
-def count(target: str, case: Case) -> None:
+def count(target: str, case: OpenApiCase) -> None:
     mode = case.meta.generation.mode.value if case.meta is not None else "explicit"
     SENT[target, case.operation.label, mode] += 1
 
@@ -115,7 +118,7 @@ OWN_HTTP = schemathesis.openapi.from_dict(
 )
 
 
-def headers_for(case: Case, tenant: str) -> dict[str, str]:
+def headers_for(case: OpenApiCase, tenant: str) -> dict[str, str]:
     """A signed-in customer's token for the /public/ endpoints, an employee's (view and
     manage) for every other."""
     if case.operation.path.startswith(f"{PREFIX}/public/"):
@@ -123,7 +126,7 @@ def headers_for(case: Case, tenant: str) -> dict[str, str]:
     return bearer(token(tenant, (VIEW, MANAGE)))
 
 
-def through(app: Any, case: Case) -> None:
+def through(app: Any, case: OpenApiCase) -> None:
     """Send the case, and the probes of the checks (ignored_auth sends the request again
     without the token), to ``app`` in-process."""
     case.operation.schema.app = app
@@ -178,7 +181,9 @@ def assert_instance_names_the_path(instance: Any, response: Response | httpx.Res
 # ---- checks beyond schemathesis' own ---------------------------------------------------------
 
 
-def error_body_as_documented(ctx: CheckContext, response: Response, case: Case) -> bool | None:
+def error_body_as_documented(
+    ctx: CheckContext, response: Response, case: OpenApiCase
+) -> bool | None:
     """An error body has exactly the members the document gives it; a 400 is the problem
     shape of CONTRACT.md section 4, naming the request's path."""
     if case.method.lower() not in DOCUMENT["paths"][case.operation.path]:
@@ -236,7 +241,9 @@ def fuzz_app(database_url: str) -> Iterator[Any]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @OWN.parametrize()
-def test_every_answer_of_the_service_is_one_its_document_gives(case: Case, fuzz_app: Any) -> None:
+def test_every_answer_of_the_service_is_one_its_document_gives(
+    case: OpenApiCase, fuzz_app: Any
+) -> None:
     count("own, in-process", case)
     through(fuzz_app, case)
     case.call_and_validate(
@@ -277,7 +284,7 @@ def server(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @OWN_HTTP.parametrize()
-def test_every_answer_over_http_is_one_the_document_gives(case: Case, server: str) -> None:
+def test_every_answer_over_http_is_one_the_document_gives(case: OpenApiCase, server: str) -> None:
     count("own, over HTTP", case)
     case.call_and_validate(
         base_url=server,
@@ -310,7 +317,7 @@ CONTRACT_STATUSES = {
 }
 
 
-def _load_emporix() -> Any:
+def _load_emporix() -> BaseSchema | None:
     if not EMPORIX_SPEC.is_file():
         return None
     return schemathesis.openapi.from_path(EMPORIX_SPEC, config=fuzz_config(EMPORIX_TENANT)).include(
@@ -332,7 +339,7 @@ def test_emporix_spec_is_beside_the_repository() -> None:
 
 
 def status_per_emporix_or_contract(
-    ctx: CheckContext, response: Response, case: Case
+    ctx: CheckContext, response: Response, case: OpenApiCase
 ) -> bool | None:
     """Replaces status_code_conformance for Emporix's spec: a status Emporix lists is checked
     against Emporix's schema (by response_schema_conformance); any other must be one
@@ -372,7 +379,7 @@ def _request_body_validator(path: str, method: str) -> jsonschema_rs.Validator |
 
 
 def negative_data_rejected_unless_the_contract_accepts_it(
-    ctx: CheckContext, response: Response, case: Case
+    ctx: CheckContext, response: Response, case: OpenApiCase
 ) -> bool | None:
     """Replaces negative_data_rejection for Emporix's spec. A body Emporix's schema calls
     invalid may still be one CONTRACT.md accepts, and then this service's document accepts it
@@ -419,7 +426,7 @@ if EMPORIX is not None:
     )
     @EMPORIX.parametrize()
     def test_answers_match_emporix_reward_points_management_spec(
-        case: Case, emporix_app: Any
+        case: OpenApiCase, emporix_app: Any
     ) -> None:
         # Emporix's spec declares OAuth2 client credentials, which a fuzzer cannot obtain:
         # the bearer token is passed explicitly.
@@ -514,7 +521,7 @@ def report_cases_sent(request: pytest.FixtureRequest) -> Iterator[None]:
         reporter.write_line("")
         for target in sorted({target for target, _, _ in SENT}):
             sent = {key: n for key, n in SENT.items() if key[0] == target}
-            modes = Counter()
+            modes: Counter[str] = Counter()
             for (_, _, mode), n in sent.items():
                 modes[mode] += n
             operations = len({label for _, label, _ in sent})

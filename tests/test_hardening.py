@@ -588,7 +588,7 @@ async def test_used_with_over_1000_entries_is_refused_and_changes_nothing(
     operation, customer_id = TARGETS[target]
     await seed(client, headers)
     before = await state_of(client, headers, customer_id)
-    bodies = [
+    bodies: list[str | bytes] = [
         json.dumps(lot_body(operation, {"points": 10, "usedWith": ["x"] * (MAX_USED_WITH + 1)})),
         used_with_filling(app.state.settings.max_body_bytes, operation),
     ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -265,7 +265,7 @@ async def test_a_retried_storefront_redeem_spends_once_and_answers_the_same_code
     ]
     assert [r.status_code for r in answers] == [200, 200, 200]
     assert len({r.json()["code"] for r in answers}) == 1
-    assert await balance(client, headers, "c1") == 200 - OPTION["points"]
+    assert await balance(client, headers, "c1") == 200 - cast(int, OPTION["points"])
     coupons = await client.get("/reward-points/public/customer/coupons", headers=shopper)
     assert len(coupons.json()) == 1
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -127,7 +128,8 @@ async def test_a_summary_closed_half_way_gives_its_connection_up_at_once(
     returned, its connection is no longer checked out (and the next summary gets one)."""
     await load_long_history(pg_url, tenant, lots=12_000, used=2_000)
     async with ledger_of(pg_url, summary_stream_entries=100) as ledger:
-        parts = summary_document(ledger, tenant, "long")
+        # An async generator function, declared as returning an AsyncIterator.
+        parts = cast(AsyncGenerator[bytes, None], summary_document(ledger, tenant, "long"))
         await anext(parts)
         await anext(parts)
         assert ledger.engine.pool.checkedout() == 1
