@@ -1,6 +1,7 @@
 """The migrations on both databases: lots written before revision 0005 keep their points and get
 the right ``used_up`` flag, the ledger reads and spends them after the upgrade, and the
-revision can be undone and redone."""
+revision can be undone and redone; revision 0007's index is built (again, over what an
+interrupted build left), undone and redone."""
 
 from __future__ import annotations
 
@@ -173,3 +174,56 @@ def test_revision_0005_keeps_the_lots_flags_the_spent_ones_and_can_be_undone(
     assert asyncio.run(_used_up(empty_url)) == {"lot1": True, "lot2": True, "lot3": False}
     assert asyncio.run(_spend(empty_url, 25)) == 0
     assert asyncio.run(_used_up(empty_url)) == {"lot1": True, "lot2": True, "lot3": True}
+
+
+_ORDER_INDEX = "ix_lot_usages_lot_order"
+
+
+async def _order_index(url: str) -> str | None:
+    """The definition of the index of each lot's usages in usedWith order, if there is one (on
+    PostgreSQL only a valid one counts)."""
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
+            else:
+                query = (
+                    "SELECT indexdef FROM pg_indexes i JOIN pg_class c ON c.relname = i.indexname"
+                    " JOIN pg_index x ON x.indexrelid = c.oid"
+                    " WHERE i.indexname = :name AND x.indisvalid"
+                )
+            found = (await conn.execute(text(query), {"name": _ORDER_INDEX})).scalar_one_or_none()
+            return None if found is None else str(found)
+    finally:
+        await engine.dispose()
+
+
+async def _execute(url: str, statement: str) -> None:
+    engine = _engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def test_revision_0007_indexes_each_lots_usages_in_used_with_order_and_can_be_undone(
+    empty_url: str,
+) -> None:
+    config = _alembic(empty_url)
+    command.upgrade(config, "0006")
+    assert asyncio.run(_order_index(empty_url)) is None
+    if empty_url.startswith("postgresql"):
+        # What an interrupted concurrent build leaves behind (here: a wrong one) is rebuilt.
+        asyncio.run(_execute(empty_url, f"CREATE INDEX {_ORDER_INDEX} ON lot_usages (tenant)"))
+
+    command.upgrade(config, "head")
+    definition = asyncio.run(_order_index(empty_url))
+    assert definition is not None
+    assert "(tenant, lot_id, created_at, redemption_id)" in definition
+
+    command.downgrade(config, "0006")
+    assert asyncio.run(_order_index(empty_url)) is None
+    command.upgrade(config, "head")
+    assert asyncio.run(_order_index(empty_url)) is not None

@@ -115,15 +115,21 @@ _DOCUMENT = (
     """ || '],"redeemedPointsList":[' || COALESCE(r.items, '') || ']}}'"""
 )
 
+# A lot's usedWith: its usages read in list order through their own index (migration 0007) and
+# joined as they come. An ordered aggregate (string_agg(... ORDER BY ...)) would sort each lot's
+# list although it arrives sorted; PostgreSQL keeps a sorted subquery's order for the aggregate
+# over it (the tests' redemption ids run against their order, so a lost order shows).
 _USED_WITH_OF_LOT = f"""(
-    SELECT string_agg({_USED_WITH_ITEM}, ',' {_USED_WITH_ORDER})
-    FROM lot_usages u
-    WHERE u.tenant = lo.tenant AND u.lot_id = lo.id)"""
+    SELECT string_agg(item, ',') FROM (
+        SELECT {_USED_WITH_ITEM} AS item
+        FROM lot_usages u
+        WHERE u.tenant = lo.tenant AND u.lot_id = lo.id
+        {_USED_WITH_ORDER}) AS used)"""
 
 # One customer's document, when it has at most :most lots and at most :most redemptions; else
 # NULL, and the document is streamed (below). Each list is read through the customer's index,
 # :most + 1 entries at most, so a long history costs here no more than that; each lot's
-# usedWith is one probe of lot_usages' primary key.
+# usedWith is one probe of its usages' index.
 _ONE_DOCUMENT = text(f"""
 SELECT CASE WHEN l.n <= :most AND r.n <= :most THEN {_DOCUMENT} END AS document
 FROM accounts a
@@ -162,8 +168,8 @@ FROM accounts a
 WHERE a.tenant = :tenant AND a.customer_id = :customer
 """)
 
-# A used lot's usedWith list: one probe of lot_usages' primary key. Lots with no point used
-# (most of the open ones) have none and are not probed.
+# A used lot's usedWith list: one probe of its usages' index (migration 0007). Lots with no
+# point used (most of the open ones) have none and are not probed.
 _USED_WITH_OF_USED_LOT = f"CASE WHEN lo.used_points > 0 THEN {_USED_WITH_OF_LOT} END"
 
 _LOT_ROWS = f"""
@@ -243,7 +249,8 @@ ORDER BY customer_id
 # Between two ranges, and once its ranges are read ahead, a connection is idle in its
 # transaction for as long as the client takes to read what is ahead of it: that is not a
 # stalled request, so the idle-in-transaction timeout (db.py) does not apply to an export, as
-# it did not to a single COPY, which is never idle.
+# it did not to a single COPY, which is never idle. A client that stops reading altogether is
+# given up after the send timeout of the response (api/streaming.py) instead.
 _EXPORT_SETTINGS = (
     "SET LOCAL jit = off",
     "SET LOCAL enable_nestloop = off",

@@ -143,6 +143,8 @@ lot_usages = Table(
         ["tenant", "redemption_id"], ["redemptions.tenant", "redemptions.id"], ondelete="CASCADE"
     ),
     Index("ix_lot_usages_redemption", "tenant", "redemption_id"),
+    # A lot's usages in the order of its usedWith list (migration 0007).
+    Index("ix_lot_usages_lot_order", "tenant", "lot_id", "created_at", "redemption_id"),
 )
 
 # The tenant's ways to turn points into a coupon. ``coupon`` is the coupon template as JSON.
