@@ -62,7 +62,10 @@ def create_app(
         clock or utcnow,
         lock_timeout_seconds=settings.lock_timeout_ms / 1000,
         batch_export=BatchExport(
-            settings.summary_batch_connections, settings.summary_batch_range_customers
+            settings.summary_batch_connections,
+            settings.summary_batch_range_customers,
+            exports=settings.summary_batch_exports,
+            wait_seconds=settings.database_pool_timeout_seconds,
         ),
         summary_stream_entries=settings.summary_stream_entries,
         summary_streams=settings.summary_streams,

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     # documents at once while they are sent in order (documents.py).
     summary_batch_connections: int = Field(default=2, ge=1, le=16)
     summary_batch_range_customers: int = Field(default=2000, ge=1, le=1_000_000)
+    # ... and at most this many exports at once per process; one more waits for a turn as long
+    # as a request waits for a connection, then is answered 503.
+    summary_batch_exports: int = Field(default=4, ge=1, le=1000)
     # On PostgreSQL, the summary of a customer with more lots, or more redemptions, than this is
     # streamed as it is read instead of built whole in memory first (documents.py).
     summary_stream_entries: int = Field(default=1000, ge=0, le=1_000_000)

@@ -330,7 +330,7 @@ async def _streamed_document(
             for after in (_BETWEEN_LISTS, _DOCUMENT_END):
                 separator = b""
                 async for rows in copy.rows():
-                    # The rows of COPY's text format, as in summary_documents.
+                    # The rows of COPY's text format, as in _documents.
                     yield separator + rows.replace(b"\\\\", b"\\").replace(b"\n", b",")
                     separator = b","
                 yield after
@@ -345,6 +345,17 @@ async def _streamed_document(
 
 
 async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]:
+    """Every customer's document, ordered by customer id, as the elements of a JSON array
+    (``_documents``), in one of the turns of ``ledger.batch_export``: an export that finds them
+    all taken waits for one, and fails as the database being unavailable if none comes in
+    time, before its first item."""
+    # The inner generator is closed with this one, so its connections are given up with it.
+    async with ledger.batch_export.turn(), aclosing(_documents(ledger, tenant)) as documents:
+        async for document in documents:
+            yield document
+
+
+async def _documents(ledger: Ledger, tenant: str) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array.
 
     Each item holds one document or, on PostgreSQL, several separated by commas, so the items

@@ -9,12 +9,13 @@ committed write.
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +48,7 @@ from .direct import CoalescedReads, Direct, StatementError
 from .errors import (
     CustomerExists,
     CustomerNotFound,
+    DatabaseUnavailable,
     EntryConflict,
     InsufficientPoints,
     InvalidRequest,
@@ -152,11 +154,37 @@ class BatchExport:
     An export takes one connection and as many more as it can use and are free: the exports of
     one process together hold at most ``connections - 1`` more than one each, so they cannot
     wait for each other's connections, and a second export at the same time reads on one.
+
+    At most ``exports`` run at once: an export holds its connection for as long as its client
+    takes to read it, so many slow ones could otherwise hold the whole pool. One more waits for
+    a turn, ``wait_seconds`` at most, and is then refused as the database being busy.
     """
 
     connections: int = 2
     range_customers: int = 2000
+    exports: int = 4
+    wait_seconds: float = 10.0
     _extra_in_use: int = 0
+    _turns: asyncio.Semaphore | None = None
+
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """One of the ``exports`` turns, held until the block ends."""
+        if self._turns is None:
+            self._turns = asyncio.Semaphore(self.exports)
+        turns = self._turns
+        try:
+            async with asyncio.timeout(self.wait_seconds):
+                await turns.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"{self.exports} summaryBatch exports are running;"
+                f" none ended within {self.wait_seconds:g} s"
+            ) from None
+        try:
+            yield
+        finally:
+            turns.release()
 
     @contextmanager
     def claim(self, wanted: int) -> Iterator[int]:
