@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import httpx
+import json
+from datetime import UTC, datetime, timedelta
 
-from rewardpoints.documents import dumps
+import httpx
+from sqlalchemy import insert, text
+
+from rewardpoints.app import create_app
+from rewardpoints.db import create_engine
+from rewardpoints.documents import _ONE_DOCUMENT, dumps
+from rewardpoints.models import accounts, lot_usages, lots, redemptions
+
+from .conftest import bearer, make_settings, token
 
 AWKWARD = 'quote " backslash \\ slash / newline \n tab \t nul-less \x01 ä € 😀 \u2028 end'
 
@@ -32,3 +41,90 @@ async def test_summary_bytes_are_compact_json_with_every_character_escaped_alike
     assert parsed["summary"]["redeemedPointsList"][0]["description"] == AWKWARD
     assert single.content == dumps(parsed)
     assert batch.content == dumps([parsed])
+
+
+async def test_used_with_follows_the_usages_time_not_their_ids_nor_the_order_they_were_stored(
+    database_url: str, tenant: str
+) -> None:
+    """Redemptions z, y, x drew from one lot in that order (their ids run against it); their
+    usages were stored y, x, z (as an import might). usedWith is z, y, x in the summary built
+    whole, the streamed one (PostgreSQL) and summaryBatch."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    created = {"z": now - timedelta(minutes=3), "y": now - timedelta(minutes=2)}
+    created["x"] = now - timedelta(minutes=1)
+    engine = create_engine(make_settings(database_url))
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(accounts).values(tenant=tenant, customer_id="c", created_at=now)
+            )
+            await conn.execute(
+                insert(lots).values(
+                    tenant=tenant,
+                    id="lot",
+                    customer_id="c",
+                    description="d",
+                    points=30,
+                    used_points=30,
+                    created_at=now - timedelta(minutes=4),
+                    valid_until=now + timedelta(days=365),
+                    all_points_after_creation=30,
+                    request_hash="h",
+                )
+            )
+            for key, at in created.items():
+                await conn.execute(
+                    insert(redemptions).values(
+                        tenant=tenant,
+                        id=key,
+                        customer_id="c",
+                        description="d",
+                        points=10,
+                        created_at=at,
+                        all_points_after_creation=0,
+                        request_hash="h",
+                    )
+                )
+            for key in ("y", "x", "z"):
+                await conn.execute(
+                    insert(lot_usages).values(
+                        tenant=tenant,
+                        lot_id="lot",
+                        redemption_id=key,
+                        points=10,
+                        created_at=created[key],
+                    )
+                )
+    finally:
+        await engine.dispose()
+    headers = bearer(token(tenant))
+    answers = []
+    for entries in (1000, 0):  # built whole; on PostgreSQL streamed
+        application = create_app(make_settings(database_url, summary_stream_entries=entries))
+        transport = httpx.ASGITransport(app=application)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                answers.append(await http.get("/reward-points/customer/c/summary", headers=headers))
+                batch = await http.get("/reward-points/summaryBatch", headers=headers)
+                answers.append(httpx.Response(200, json=batch.json()[0]))
+        finally:
+            await application.state.ledger.engine.dispose()
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+        lot = answer.json()["summary"]["addedPointsList"][0]
+        assert lot["usedWith"] == ["z", "y", "x"]
+    assert "content-length" not in answers[2].headers or database_url.startswith("sqlite")
+    if database_url.startswith("postgresql"):
+        # The order holds whatever plan PostgreSQL picks, not only through the usages' index
+        # (whose order is the list's): here their table is read in the order they were stored.
+        engine = create_engine(make_settings(database_url))
+        try:
+            async with engine.begin() as conn:
+                for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+                    await conn.execute(text(f"SET LOCAL {setting} = off"))
+                params = {"tenant": tenant, "customer": "c", "now": now, "most": 1000}
+                document = (await conn.execute(_ONE_DOCUMENT, params)).scalar_one()
+        finally:
+            await engine.dispose()
+        lot = json.loads(document)["summary"]["addedPointsList"][0]
+        assert lot["usedWith"] == ["z", "y", "x"]

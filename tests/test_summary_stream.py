@@ -15,6 +15,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from rewardpoints import documents
 from rewardpoints.app import create_app
 from rewardpoints.documents import _streamed_document, summary_document
 from rewardpoints.errors import CustomerNotFound
@@ -314,3 +315,36 @@ async def test_customers_who_stop_reading_their_summaries_do_not_hold_the_pool(
             for sock in stalled:
                 sock.close()
         await until_no_busy_connection(pg_url)
+
+
+@pytest.mark.parametrize(
+    "path", ["/reward-points/summaryBatch", "/reward-points/customer/long/summary"]
+)
+async def test_a_connection_lost_before_a_stream_begins_is_a_503_and_nothing_is_left(
+    pg_url: str,
+    tenant: str,
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server goes away (a restart, a failover) between the stream's checkout and its first
+    statement: the answer is the 503 of an unreachable database, not a 500."""
+    await load_long_history(pg_url, tenant, lots=2_000, used=500)
+    headers = bearer(token(tenant))
+    application = create_app(make_settings(pg_url, summary_stream_entries=100))
+    transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+    lost = ("SELECT pg_terminate_backend(pg_backend_pid())", *documents._EXPORT_SETTINGS)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            with monkeypatch.context() as patch:
+                patch.setattr(documents, "_EXPORT_SETTINGS", lost)
+                answer = await http.get(path, headers=headers)
+            again = await http.get(path, headers=headers)
+    finally:
+        await application.state.ledger.engine.dispose()
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"] == "Service Unavailable"
+    assert "unexpected error" not in caplog.text
+    await until_no_busy_connection(pg_url)
+    assert again.status_code == 200
+    assert "long" in again.text

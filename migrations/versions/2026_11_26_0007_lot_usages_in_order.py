@@ -6,9 +6,9 @@ A summary lists, for each lot, the redemptions that drew from it, in the order t
 100,000 lots, and for summaryBatch's million, that sort was a sixth of PostgreSQL's work. Read
 through ``(tenant, lot_id, created_at, redemption_id)`` the usages come in list order.
 
-On PostgreSQL the index is built without blocking writes (``CREATE INDEX CONCURRENTLY``), so
-the upgrade can run while the service does; an index left invalid by an interrupted upgrade is
-dropped and built again.
+On PostgreSQL the index is built, and dropped by the downgrade, without blocking writes
+(``CONCURRENTLY``), so either can run while the service does; an index left invalid by an
+interrupted upgrade is dropped and built again.
 
 Revision ID: 0007
 Revises: 0006
@@ -38,4 +38,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(f"DROP INDEX {_INDEX}")
+    if op.get_bind().dialect.name == "postgresql":
+        with op.get_context().autocommit_block():
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_INDEX}")
+    else:
+        op.execute(f"DROP INDEX {_INDEX}")

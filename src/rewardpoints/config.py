@@ -85,8 +85,8 @@ class Settings(BaseSettings):
     # ... by at most this many streams at once per process; beyond, they are built whole.
     summary_streams: int = Field(default=4, ge=0, le=1000)
     # A streamed answer (summaryBatch, a long summary) whose client takes nothing for this long
-    # is ended, and its database connections given up (api/streaming.py).
-    stream_send_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # is ended, and its database connections given up (api/streaming.py); 0: never.
+    stream_send_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)
 
     @field_validator("jwt_public_key")
     @classmethod

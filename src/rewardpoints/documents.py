@@ -118,7 +118,7 @@ _DOCUMENT = (
 # A lot's usedWith: its usages read in list order through their own index (migration 0007) and
 # joined as they come. An ordered aggregate (string_agg(... ORDER BY ...)) would sort each lot's
 # list although it arrives sorted; PostgreSQL keeps a sorted subquery's order for the aggregate
-# over it (the tests' redemption ids run against their order, so a lost order shows).
+# over it (test_documents stores usages out of order and reads them with the indexes off).
 _USED_WITH_OF_LOT = f"""(
     SELECT string_agg(item, ',') FROM (
         SELECT {_USED_WITH_ITEM} AS item
@@ -435,10 +435,12 @@ async def _abandon(
             copy.cancel()
         for conn in connections:
             # Closed at once: SQLAlchemy's invalidation first tries a graceful close, which
-            # waits 2 s for a connection whose COPY is parked in its read-ahead.
-            fairy = await conn.get_raw_connection()
-            driver: asyncpg.Connection = fairy.driver_connection
-            driver.terminate()
+            # waits 2 s for a connection whose COPY is parked in its read-ahead. One that
+            # SQLAlchemy invalidated already (it saw the server go away) has no driver left.
+            if not conn.invalidated:
+                fairy = await conn.get_raw_connection()
+                driver: asyncpg.Connection = fairy.driver_connection
+                driver.terminate()
             await conn.invalidate()
         for copy in copies:
             await copy.close()

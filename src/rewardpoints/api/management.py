@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
@@ -47,12 +47,16 @@ async def summary_batch(request: Request, principal: ViewPrincipal, ledger: Ledg
     # Read the first customer before answering, so an unreachable database is a 503, not a
     # broken 200.
     first = await anext(documents, None)
-    return _streamed(request, _json_array(first, documents))
+    return _streamed(request, _json_array(first, documents), documents)
 
 
-def _streamed(request: Request, content: AsyncIterator[bytes]) -> StreamedResponse:
+def _streamed(
+    request: Request, content: AsyncIterator[bytes], source: AsyncIterator[bytes]
+) -> StreamedResponse:
+    """``content`` read from ``source``, a started generator: closed with the response."""
     timeout = request.app.state.settings.stream_send_timeout_seconds
-    return StreamedResponse(content, send_timeout=timeout)
+    owns = [cast(AsyncGenerator[bytes, None], source)]
+    return StreamedResponse(content, send_timeout=timeout, owns=owns)
 
 
 async def _json_array(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -87,7 +91,7 @@ async def summary_response(request: Request, parts: AsyncIterator[bytes]) -> Res
         raise
     if second is None:
         return Response(first, media_type="application/json")
-    return _streamed(request, _parts(first + second, parts))
+    return _streamed(request, _parts(first + second, parts), parts)
 
 
 async def _parts(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
