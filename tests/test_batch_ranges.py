@@ -290,7 +290,7 @@ async def test_an_export_reads_on_as_many_connections_as_it_is_given(
             assert running == connections
             items += [item async for item in documents]
         finally:
-            await documents.aclose()  # type: ignore[attr-defined]
+            await documents.aclose()
         assert await _copies_running(pg_url) == 0
     assert _customers_in(items) == EVERY_CUSTOMER
 

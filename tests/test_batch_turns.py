@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -106,7 +106,7 @@ async def test_an_export_closed_half_way_gives_its_turn_back(
 ) -> None:
     application, http = service
     headers = bearer(token(tenant))
-    running = cast(AsyncGenerator[bytes, None], summary_documents(application.state.ledger, tenant))
+    running = summary_documents(application.state.ledger, tenant)
     await anext(running)
     await running.aclose()
     answer = await http.get(BATCH, headers=headers)

@@ -280,7 +280,9 @@ def _in_database(ledger: Ledger) -> bool:
     return ledger.engine.dialect.name == "postgresql"
 
 
-async def summary_document(ledger: Ledger, tenant: str, customer_id: str) -> AsyncIterator[bytes]:
+async def summary_document(
+    ledger: Ledger, tenant: str, customer_id: str
+) -> AsyncGenerator[bytes, None]:
     """The customer's document, in parts that joined are the document.
 
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
@@ -344,7 +346,7 @@ async def _streamed_document(
         await copy.close()
 
 
-async def summary_documents(ledger: Ledger, tenant: str) -> AsyncIterator[bytes]:
+async def summary_documents(ledger: Ledger, tenant: str) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array
     (``_documents``), in one of the turns of ``ledger.batch_export``: an export that finds them
     all taken waits for one, and fails as the database being unavailable if none comes in

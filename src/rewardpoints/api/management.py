@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
@@ -51,34 +51,30 @@ async def summary_batch(request: Request, principal: ViewPrincipal, ledger: Ledg
 
 
 def _streamed(
-    request: Request, content: AsyncIterator[bytes], source: AsyncIterator[bytes]
+    request: Request, content: AsyncIterator[bytes], source: AsyncGenerator[bytes, None]
 ) -> StreamedResponse:
-    """``content`` read from ``source``, a started generator: closed with the response."""
+    """``content`` read from ``source``, a started generator that the response closes."""
     timeout = request.app.state.settings.stream_send_timeout_seconds
-    owns = [cast(AsyncGenerator[bytes, None], source)]
-    return StreamedResponse(content, send_timeout=timeout, owns=owns)
+    return StreamedResponse(content, send_timeout=timeout, owns=[source])
 
 
 async def _json_array(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        if first is None:
-            yield b"[]"
-            return
-        buffer = bytearray(b"[")
-        buffer += first
-        async for document in rest:
-            buffer += b","
-            buffer += document
-            if len(buffer) >= _BATCH_FLUSH_BYTES:
-                yield bytes(buffer)
-                buffer.clear()
-        buffer += b"]"
-        yield bytes(buffer)
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+    if first is None:
+        yield b"[]"
+        return
+    buffer = bytearray(b"[")
+    buffer += first
+    async for document in rest:
+        buffer += b","
+        buffer += document
+        if len(buffer) >= _BATCH_FLUSH_BYTES:
+            yield bytes(buffer)
+            buffer.clear()
+    buffer += b"]"
+    yield bytes(buffer)
 
 
-async def summary_response(request: Request, parts: AsyncIterator[bytes]) -> Response:
+async def summary_response(request: Request, parts: AsyncGenerator[bytes, None]) -> Response:
     """A customer's summary: one response when it came whole, else streamed as it is read.
 
     The first parts are read before answering, so a missing customer is a 404 and an
@@ -87,7 +83,7 @@ async def summary_response(request: Request, parts: AsyncIterator[bytes]) -> Res
         first = await anext(parts)
         second = await anext(parts, None)
     except BaseException:
-        await parts.aclose()  # type: ignore[attr-defined]
+        await parts.aclose()
         raise
     if second is None:
         return Response(first, media_type="application/json")
@@ -95,12 +91,9 @@ async def summary_response(request: Request, parts: AsyncIterator[bytes]) -> Res
 
 
 async def _parts(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    try:
-        yield first
-        async for part in rest:
-            yield part
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+    yield first
+    async for part in rest:
+        yield part
 
 
 @router.get(
