@@ -73,11 +73,8 @@ def _read_to_the_end(sock: socket.socket, pause: float = 0.0, pauses: int = 0) -
             pauses -= 1
             continue
         chunk = sock.recv(65536)
-        if not chunk or received.endswith(b"\r\n0\r\n\r\n"):
-            received += chunk
-            return bytes(received)
         received += chunk
-        if received.endswith(b"\r\n0\r\n\r\n"):
+        if not chunk or received.endswith(b"\r\n0\r\n\r\n"):
             return bytes(received)
     raise AssertionError("the answer neither ended nor broke off within 60 s")
 
