@@ -453,15 +453,21 @@ async def load_long_history(pg_url: str, tenant: str, lots: int, used: int) -> N
         await conn.close()
 
 
-def stall(base: str, headers: dict[str, str], path: str) -> tuple[socket.socket, bytes]:
+def stall(
+    base: str, headers: dict[str, str], path: str, *, shrink_after_connecting: bool = False
+) -> tuple[socket.socket, bytes]:
     """Ask for ``path`` and read no more than the start of the answer: the socket, and what
-    was read."""
+    was read. Its receive buffer is small from the start, so the window TCP offers is; or,
+    ``shrink_after_connecting``, made small only once connected (the window offered first is
+    larger than what the client then takes: the stream stops at a less tidy point)."""
     host, port = base.removeprefix("http://").split(":")
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(10)
-    # Before connecting, so the window TCP offers is this small from the start.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if not shrink_after_connecting:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((host, int(port)))
+    if shrink_after_connecting:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     request = f"GET {path} HTTP/1.1\r\nHost: test\r\n"
     sock.sendall(f"{request}Authorization: {headers['Authorization']}\r\n\r\n".encode())
     head = sock.recv(1024)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import time
+from functools import partial
 
 import httpx
 import pytest
@@ -162,19 +163,6 @@ async def test_a_slow_client_that_keeps_reading_gets_the_whole_answer(
     assert GIVEN_UP not in output
 
 
-def _stall_shrinking_window(base: str, headers: dict[str, str], path: str) -> socket.socket:
-    """A client whose receive buffer shrinks after it connected (the window TCP offered first is
-    larger than what it now takes), then stops reading: the stream stops in the middle of its
-    ranges, with PostgreSQL's data on its way to the driver."""
-    host, port = base.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    request = f"GET {path} HTTP/1.1\r\nHost: test\r\n"
-    sock.sendall(f"{request}Authorization: {headers['Authorization']}\r\n\r\n".encode())
-    assert sock.recv(1024).startswith(b"HTTP/1.1 200")
-    return sock
-
-
 async def test_each_stalled_export_gives_its_connections_up_promptly(
     pg_url: str, tenant: str
 ) -> None:
@@ -187,7 +175,9 @@ async def test_each_stalled_export_gives_its_connections_up_promptly(
     headers = bearer(token(tenant))
     with server_process(_env(pg_url)) as server:
         for _ in range(STALLS):
-            sock = await asyncio.to_thread(_stall_shrinking_window, server.base, headers, path)
+            sock, _ = await asyncio.to_thread(
+                partial(stall, shrink_after_connecting=True), server.base, headers, path
+            )
             try:
                 started = time.monotonic()
                 await until_no_busy_connection(pg_url)
