@@ -170,6 +170,14 @@ UPDATE accounts a
 UPDATE accounts SET active_points = 0, active_since = now(), active_until = 'infinity'
  WHERE active_points IS NULL;
 
+-- The items of the used-up lots, which the redemptions that spent them would have stored
+-- (migration 0008).
+UPDATE lots
+   SET summary_item = rewardpoints_lot_item(tenant, id, reference_id, description, points,
+                                            used_points, created_at, valid_until,
+                                            all_points_after_creation)
+ WHERE used_up;
+
 -- What the skipped foreign-key triggers would have checked, and the ledger's own invariants.
 DO $$
 DECLARE

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import insert, text
 
 from rewardpoints.app import create_app
 from rewardpoints.db import create_engine
-from rewardpoints.documents import _ONE_DOCUMENT, dumps
+from rewardpoints.documents import _ONE_DOCUMENT, dumps, summary_json
 from rewardpoints.models import accounts, lot_usages, lots, redemptions
 
-from .conftest import bearer, make_settings, token
+from .conftest import bearer, make_settings, served, token
+from .support import FakeClock
 
 AWKWARD = 'quote " backslash \\ slash / newline \n tab \t nul-less \x01 ä € 😀 \u2028 end'
 
@@ -128,3 +130,97 @@ async def test_used_with_follows_the_usages_time_not_their_ids_nor_the_order_the
             await engine.dispose()
         lot = json.loads(document)["summary"]["addedPointsList"][0]
         assert lot["usedWith"] == ["z", "y", "x"]
+
+
+async def test_a_used_up_lot_is_listed_from_the_item_its_last_redemption_stored(
+    app: Any,
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    clock: FakeClock,
+    database_url: str,
+    tenant: str,
+) -> None:
+    """A lot whose last point is spent never changes again. On PostgreSQL the redemption that
+    spends it stores its summary item (migration 0008), and summaries read that item; it is the
+    same bytes as the item built from the lot's fields, in Python and in SQL, whole, streamed
+    and in summaryBatch. Lots with points left are built as before."""
+    url = "/reward-points/customer/frozen"
+    clock.advance(microseconds=987_654)  # timestamps below the millisecond are cut alike
+    for lot_id, points in (("a", 10), ("b", 10), ("c", 10)):
+        added = await client.post(
+            f"{url}/addPoints",
+            json={
+                "id": f'{lot_id}"\\',
+                "points": points,
+                "description": AWKWARD,
+                "reference-id": None if lot_id == "b" else AWKWARD,
+                "validUntil": "2999-12-31T23:59:59.999Z",
+            },
+            headers=headers,
+        )
+        assert added.status_code == 201, added.text
+    # r1 takes 5 of a; r2 the other 5 of a and 3 of b; r3 the other 7 of b: a and b are used
+    # up by their last redemption, each with two in its usedWith; c is untouched.
+    for redemption_id, points in (('r1\\"', 5), ('r2\\"', 8), ('r3\\"', 7)):
+        redeemed = await client.post(
+            f"{url}/redeemPoints",
+            json={"id": redemption_id, "points": points, "description": AWKWARD},
+            headers=headers,
+        )
+        assert redeemed.status_code == 201, redeemed.text
+
+    ledger = app.state.ledger
+    expected = dumps(summary_json(await ledger.summary(tenant, "frozen")))
+    listed = json.loads(expected)["summary"]["addedPointsList"]
+    assert [(lot["usedPoints"], lot["usedWith"]) for lot in listed] == [
+        (10, ['r1\\"', 'r2\\"']),
+        (10, ['r2\\"', 'r3\\"']),
+        (0, []),
+    ]
+
+    async def answers() -> list[bytes]:
+        got = []
+        for entries in (1000, 0):  # built whole; on PostgreSQL streamed
+            async with served(database_url, clock, summary_stream_entries=entries) as http:
+                single = await http.get(f"{url}/summary", headers=headers)
+                batch = await http.get("/reward-points/summaryBatch", headers=headers)
+            assert single.status_code == 200, single.text
+            assert batch.status_code == 200, batch.text
+            got += [single.content, batch.content]
+        return got
+
+    assert await answers() == [expected, b"[" + expected + b"]"] * 2
+
+    async with ledger.engine.begin() as conn:
+        stored = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT id, summary_item FROM lots WHERE tenant = :tenant"
+                        " AND customer_id = 'frozen'"
+                    ),
+                    {"tenant": tenant},
+                )
+            ).all()
+        )
+    if ledger.engine.dialect.name == "postgresql":
+        items = {lot["id"]: dumps(lot).decode() for lot in listed}
+        assert stored == {'a"\\': items['a"\\'], 'b"\\': items['b"\\'], 'c"\\': None}
+        # Summaries list a used-up lot from its stored item, not from its fields.
+        marked = items['a"\\'].replace('"description":', '"description":"stored","was":', 1)
+        async with ledger.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE lots SET summary_item = :item WHERE tenant = :tenant AND id = :id"),
+                {"item": marked, "tenant": tenant, "id": 'a"\\'},
+            )
+        for answer in await answers():
+            assert answer.count(b'"description":"stored","was":') == 1
+        # The same bytes when the stored items are not there to read.
+        async with ledger.engine.begin() as conn:
+            await conn.execute(
+                text("UPDATE lots SET summary_item = NULL WHERE tenant = :tenant"),
+                {"tenant": tenant},
+            )
+        assert await answers() == [expected, b"[" + expected + b"]"] * 2
+    else:
+        assert stored == {'a"\\': None, 'b"\\': None, 'c"\\': None}

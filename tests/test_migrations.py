@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from rewardpoints.cli import migrations_dir
 from rewardpoints.db import create_engine
+from rewardpoints.documents import dumps, summary_json
 from rewardpoints.errors import InsufficientPoints
 from rewardpoints.ledger import Ledger, NewRedemption, utcnow
 from rewardpoints.models import accounts, lots
@@ -227,3 +228,50 @@ def test_revision_0007_indexes_each_lots_usages_in_used_with_order_and_can_be_un
     assert asyncio.run(_order_index(empty_url)) is None
     command.upgrade(config, "head")
     assert asyncio.run(_order_index(empty_url)) is not None
+
+
+async def _stored_items(url: str) -> dict[str, str | None]:
+    """Each lot's stored summary item, and (as ``expected:<id>``) its item as the ledger's
+    Python code writes it."""
+    ledger = Ledger(_engine(url), make_settings(url).sites(), utcnow)
+    try:
+        async with ledger.engine.connect() as conn:
+            rows = await conn.execute(text("SELECT id, summary_item FROM lots ORDER BY id"))
+            stored: dict[str, str | None] = {row[0]: row[1] for row in rows}
+        listed = summary_json(await ledger.summary("t", "c"))["summary"]["addedPointsList"]
+        for lot in listed:
+            stored[f"expected:{lot['id']}"] = dumps(lot).decode()
+        return stored
+    finally:
+        await ledger.engine.dispose()
+
+
+def test_revision_0008_stores_the_used_up_lots_items_and_can_be_undone(empty_url: str) -> None:
+    config = _alembic(empty_url)
+    command.upgrade(config, "0007")
+    asyncio.run(_seed_at_0004(empty_url))  # lot1 10 of 10 used, lot2 5 of 20, lot3 0 of 30
+    on_pg = empty_url.startswith("postgresql")
+
+    command.upgrade(config, "head")
+    items = asyncio.run(_stored_items(empty_url))
+    assert items["lot1"] == (items["expected:lot1"] if on_pg else None)
+    assert items["lot2"] is None and items["lot3"] is None
+    assert '"usedPoints":10,' in items["expected:lot1"]  # type: ignore[operator]
+
+    # Spending 15 finishes lot2 (FIFO): the redemption stores its item, usedWith and all.
+    assert asyncio.run(_spend(empty_url, 15)) == 30
+    items = asyncio.run(_stored_items(empty_url))
+    assert items["lot2"] == (items["expected:lot2"] if on_pg else None)
+    assert '"usedPoints":20,' in items["expected:lot2"]  # type: ignore[operator]
+    assert items["lot3"] is None
+
+    command.downgrade(config, "0007")
+    assert not asyncio.run(_has_column(empty_url, "summary_item"))
+    # Revision 0007's functions and code spend without the column.
+    assert asyncio.run(_spend(empty_url, 30)) == 0
+
+    command.upgrade(config, "head")
+    items = asyncio.run(_stored_items(empty_url))
+    for lot in ("lot1", "lot2", "lot3"):
+        assert items[lot] == (items[f"expected:{lot}"] if on_pg else None)
+    assert '"usedPoints":30,' in items["expected:lot3"]  # type: ignore[operator]

@@ -331,11 +331,12 @@ async def test_a_connection_lost_before_a_stream_begins_is_a_503_and_nothing_is_
     headers = bearer(token(tenant))
     application = create_app(make_settings(pg_url, summary_stream_entries=100))
     transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-    lost = ("SELECT pg_terminate_backend(pg_backend_pid())", *documents._EXPORT_SETTINGS)
+    lose = "SELECT pg_terminate_backend(pg_backend_pid())"
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             with monkeypatch.context() as patch:
-                patch.setattr(documents, "_EXPORT_SETTINGS", lost)
+                for settings in ("_EXPORT_SETTINGS", "_STREAM_SETTINGS"):  # summaryBatch, summary
+                    patch.setattr(documents, settings, (lose, *getattr(documents, settings)))
                 answer = await http.get(path, headers=headers)
             again = await http.get(path, headers=headers)
     finally:

@@ -92,6 +92,9 @@ lots = Table(
     # True once every point is spent; changes once in a lot's life, so the index of open lots
     # below does not stop PostgreSQL from updating a lot in place (migration 0005).
     Column("used_up", Boolean, Computed("used_points >= points"), nullable=False),
+    # A used-up lot's item in summaries, as documents.py writes it, stored by the redemption
+    # that spends its last point (PostgreSQL only; migration 0008). NULL: build it.
+    Column("summary_item", Text, nullable=True),
     CheckConstraint("points > 0", name="points_positive"),
     CheckConstraint("used_points >= 0 AND used_points <= points", name="used_within_points"),
     ForeignKeyConstraint(
