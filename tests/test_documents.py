@@ -159,8 +159,22 @@ async def test_a_used_up_lot_is_listed_from_the_item_its_last_redemption_stored(
             headers=headers,
         )
         assert added.status_code == 201, added.text
+    ledger = app.state.ledger
+
+    async def stored_items() -> dict[str, str | None]:
+        async with ledger.engine.begin() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT id, summary_item FROM lots WHERE tenant = :tenant"
+                    " AND customer_id = 'frozen'"
+                ),
+                {"tenant": tenant},
+            )
+            return {row[0]: row[1] for row in rows}
+
     # r1 takes 5 of a; r2 the other 5 of a and 3 of b; r3 the other 7 of b: a and b are used
-    # up by their last redemption, each with two in its usedWith; c is untouched.
+    # up by their last redemption, each with two in its usedWith; c is untouched. A lot with
+    # points left has no stored item, whatever was drawn from it.
     for redemption_id, points in (('r1\\"', 5), ('r2\\"', 8), ('r3\\"', 7)):
         redeemed = await client.post(
             f"{url}/redeemPoints",
@@ -168,8 +182,11 @@ async def test_a_used_up_lot_is_listed_from_the_item_its_last_redemption_stored(
             headers=headers,
         )
         assert redeemed.status_code == 201, redeemed.text
+        if redemption_id.startswith("r1"):
+            assert set((await stored_items()).values()) == {None}
+        if redemption_id.startswith("r2"):
+            assert (await stored_items())['b"\\'] is None
 
-    ledger = app.state.ledger
     expected = dumps(summary_json(await ledger.summary(tenant, "frozen")))
     listed = json.loads(expected)["summary"]["addedPointsList"]
     assert [(lot["usedPoints"], lot["usedWith"]) for lot in listed] == [
@@ -191,18 +208,7 @@ async def test_a_used_up_lot_is_listed_from_the_item_its_last_redemption_stored(
 
     assert await answers() == [expected, b"[" + expected + b"]"] * 2
 
-    async with ledger.engine.begin() as conn:
-        stored = dict(
-            (
-                await conn.execute(
-                    text(
-                        "SELECT id, summary_item FROM lots WHERE tenant = :tenant"
-                        " AND customer_id = 'frozen'"
-                    ),
-                    {"tenant": tenant},
-                )
-            ).all()
-        )
+    stored = await stored_items()
     if ledger.engine.dialect.name == "postgresql":
         items = {lot["id"]: dumps(lot).decode() for lot in listed}
         assert stored == {'a"\\': items['a"\\'], 'b"\\': items['b"\\'], 'c"\\': None}

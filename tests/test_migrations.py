@@ -6,6 +6,7 @@ interrupted build left), undone and redone."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -267,6 +268,8 @@ def test_revision_0008_stores_the_used_up_lots_items_and_can_be_undone(empty_url
 
     command.downgrade(config, "0007")
     assert not asyncio.run(_has_column(empty_url, "summary_item"))
+    if on_pg:
+        assert asyncio.run(_functions(empty_url)) == ["rewardpoints_add", "rewardpoints_redeem"]
     # Revision 0007's functions and code spend without the column.
     assert asyncio.run(_spend(empty_url, 30)) == 0
 
@@ -275,3 +278,44 @@ def test_revision_0008_stores_the_used_up_lots_items_and_can_be_undone(empty_url
     for lot in ("lot1", "lot2", "lot3"):
         assert items[lot] == (items[f"expected:{lot}"] if on_pg else None)
     assert '"usedPoints":30,' in items["expected:lot3"]  # type: ignore[operator]
+
+    if on_pg:  # the upgrade's fill, a few of the table's keys at a time
+        for batch in (1, 2, 3):
+            assert asyncio.run(_fill_again(empty_url, batch)) == 3
+        items = asyncio.run(_stored_items(empty_url))
+        for lot in ("lot1", "lot2", "lot3"):
+            assert items[lot] == items[f"expected:{lot}"]
+
+
+async def _functions(url: str) -> list[str]:
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT proname FROM pg_proc WHERE proname LIKE 'rewardpoints%' ORDER BY 1")
+            )
+            return [row[0] for row in rows]
+    finally:
+        await engine.dispose()
+
+
+async def _fill_again(url: str, batch: int) -> int:
+    """Revision 0008's fill, in batches of ``batch`` keys, after every item was set back to
+    NULL; the number of items it filled."""
+    path = migrations_dir() / "versions" / "2026_11_26_0008_lots_summary_item.py"
+    spec = importlib.util.spec_from_file_location("rewardpoints_migration_0008", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    setattr(module, "_FILL_BATCH", batch)  # noqa: B010 - a module loaded from its file
+    engine = _engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE lots SET summary_item = NULL"))
+            await conn.run_sync(module._fill)
+            filled = await conn.execute(
+                text("SELECT count(*) FROM lots WHERE summary_item IS NOT NULL")
+            )
+            return int(filled.scalar_one())
+    finally:
+        await engine.dispose()

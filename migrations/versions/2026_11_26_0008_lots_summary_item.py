@@ -12,9 +12,15 @@ already writes a new version of the row, so there are no more row versions than 
 summaries read it instead of building it. Lots with points left keep ``summary_item`` NULL and
 are built as before. The cost falls on a redemption that spends a lot to its end: the item is
 made and the row is ~250 bytes wider (measured where every redemption does so: ~30 us more per
-call, ~8-10 % fewer calls per second). The upgrade fills the column for the lots already used
-up, in one UPDATE (it locks only those rows, which nothing writes any more). The service reads
-correctly with the column filled or not, so the upgrade can run while the service does.
+call, ~8-10 % fewer calls per second).
+
+The upgrade commits the column (a change of the catalogue only, but it waits for, and then
+briefly blocks, every query on ``lots``) and the functions, then fills the column for the lots
+already used up, 10,000 of the table's keys at a time, each batch committed on its own: only
+those rows are locked, which nothing writes any more, and the service reads correctly with the
+column filled or not, so it can run meanwhile (17 s for 1.25M lots, 319,000 of them used up,
+on a 2-core machine). Each filled row gets a new version: a ``VACUUM``
+of ``lots`` afterwards gives the old ones back.
 
 The item is a cache of the lot's fields in the summaries' format (documents.py). Should that
 format ever change, a revision must set the column back to NULL (and fill it again).
@@ -34,6 +40,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy import text
 
 revision = "0008"
 down_revision = "0007"
@@ -207,12 +214,34 @@ END
 $$;
 """.replace("{spent_item}", _SPENT_ITEM)
 
-# The lots used up before this revision.
-FILL = (
-    "UPDATE lots SET summary_item = rewardpoints_lot_item(tenant, id, reference_id, description,"
-    " points, used_points, created_at, valid_until, all_points_after_creation)"
-    " WHERE used_up AND summary_item IS NULL"
-)
+# The lots used up before this revision, filled a batch of the table's keys at a time, each
+# batch committed on its own: the next batch's last key, then the batch.
+_FILL_BATCH = 10_000
+_NEXT_BOUND = text("""
+SELECT tenant, id FROM lots
+WHERE (tenant, id) > (:tenant, :id)
+ORDER BY tenant, id
+OFFSET :batch - 1 LIMIT 1
+""")
+_SET_ITEM = """
+UPDATE lots
+SET summary_item = rewardpoints_lot_item(tenant, id, reference_id, description, points,
+                                         used_points, created_at, valid_until,
+                                         all_points_after_creation)
+WHERE used_up AND summary_item IS NULL AND (tenant, id) > (:tenant, :id)"""
+_FILL = text(_SET_ITEM + " AND (tenant, id) <= (:to_tenant, :to_id)")
+_FILL_REST = text(_SET_ITEM)
+
+
+def _fill(connection: sa.Connection) -> None:
+    after = {"tenant": "", "id": ""}
+    while True:
+        bound = connection.execute(_NEXT_BOUND, {**after, "batch": _FILL_BATCH}).first()
+        if bound is None:
+            connection.execute(_FILL_REST, after)
+            return
+        connection.execute(_FILL, {**after, "to_tenant": bound[0], "to_id": bound[1]})
+        after = {"tenant": bound[0], "id": bound[1]}
 
 
 def upgrade() -> None:
@@ -220,7 +249,11 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         op.execute(LOT_ITEM)
         op.execute(REDEEM)
-        op.execute(FILL)
+        # The column and the functions are committed first (the column's lock on the table is
+        # held only that long); from then on each redemption stores its items, and the service
+        # reads the lots correctly whether their items are filled yet or not.
+        with op.get_context().autocommit_block():
+            _fill(op.get_bind())
 
 
 def downgrade() -> None:
