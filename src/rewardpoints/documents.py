@@ -82,7 +82,9 @@ def _stamp(column: str) -> str:
 # above; to_json escapes strings as json.dumps(ensure_ascii=False) does. ``used_with`` is the
 # lot's redemption ids as comma-separated JSON strings, or NULL when it has none. A used-up lot
 # never changes again: the redemption that spent its last point stored its item, made by
-# rewardpoints_lot_item (migration 0008) exactly as here, and it is read instead.
+# migration 0008's SQL exactly as here, and it is read instead. A change to this format needs
+# a migration that sets lots.summary_item back to NULL and fills it again in the new format
+# (test_documents compares the stored items with these bytes).
 def _lot_item(used_with: str) -> str:
     return (
         """COALESCE(lo.summary_item, '{"id":' || to_json(lo.id::text)::text"""
@@ -262,7 +264,8 @@ _EXPORT_SETTINGS = (
 # A streamed summary reads each list through its customer's index, in the list's order, as it is
 # sent. The planner may rather collect a long list's rows from the table and sort them (as it
 # does when a table's order on disk no longer follows the index's): then the first byte waits
-# for the last row, and the sort of ~27 MB spills to disk.
+# for the last row, and the sort of ~27 MB spills to disk. (Any statement added to that
+# transaction gets the setting too.)
 _STREAM_SETTINGS = (*_EXPORT_SETTINGS, "SET LOCAL enable_sort = off")
 
 # COPY data read ahead of the response on each connection, in the driver's reads (256 KB each
