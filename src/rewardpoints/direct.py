@@ -51,9 +51,15 @@ class KeyedGate:
     1,350 with two, three or four.
     """
 
-    def __init__(self, timeout: float, capacity: int = 2) -> None:
+    def __init__(
+        self,
+        timeout: float,
+        capacity: int = 2,
+        refusal: str = "timed out waiting for the customer's lock",
+    ) -> None:
         self.timeout = timeout
         self.capacity = capacity
+        self.refusal = refusal
         self._gates: dict[Hashable, tuple[asyncio.Semaphore, list[int]]] = {}
 
     @asynccontextmanager
@@ -69,7 +75,7 @@ class KeyedGate:
                 async with asyncio.timeout(self.timeout):
                     await slots.acquire()
             except TimeoutError:
-                raise DatabaseUnavailable("timed out waiting for the customer's lock") from None
+                raise DatabaseUnavailable(self.refusal) from None
             try:
                 yield
             finally:

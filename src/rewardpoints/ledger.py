@@ -9,13 +9,12 @@ committed write.
 
 from __future__ import annotations
 
-import asyncio
 import calendar
 import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,11 +43,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Site
 from .db import active_transaction_hook, read_transaction, run_transaction, single_read, sqlstate
-from .direct import CoalescedReads, Direct, StatementError
+from .direct import CoalescedReads, Direct, KeyedGate, StatementError
 from .errors import (
     CustomerExists,
     CustomerNotFound,
-    DatabaseUnavailable,
     EntryConflict,
     InsufficientPoints,
     InvalidRequest,
@@ -165,26 +163,19 @@ class BatchExport:
     exports: int = 4
     wait_seconds: float = 10.0
     _extra_in_use: int = 0
-    _turns: asyncio.Semaphore | None = None
+    _turns: KeyedGate = field(init=False)
 
-    @asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
+    def __post_init__(self) -> None:
+        self._turns = KeyedGate(
+            self.wait_seconds,
+            capacity=self.exports,
+            refusal=f"{self.exports} summaryBatch exports are running;"
+            f" none ended within {self.wait_seconds:g} s",
+        )
+
+    def turn(self) -> AbstractAsyncContextManager[None]:
         """One of the ``exports`` turns, held until the block ends."""
-        if self._turns is None:
-            self._turns = asyncio.Semaphore(self.exports)
-        turns = self._turns
-        try:
-            async with asyncio.timeout(self.wait_seconds):
-                await turns.acquire()
-        except TimeoutError:
-            raise DatabaseUnavailable(
-                f"{self.exports} summaryBatch exports are running;"
-                f" none ended within {self.wait_seconds:g} s"
-            ) from None
-        try:
-            yield
-        finally:
-            turns.release()
+        return self._turns.hold(None)
 
     @contextmanager
     def claim(self, wanted: int) -> Iterator[int]:
