@@ -289,10 +289,9 @@ _COPY_WAIT_SECONDS = 60.0
 # The COPYs' rows are JSON text, one column. COPY's text format doubles every backslash in them
 # (JSON escapes a quote or a control character with one); undoing that took ~20 ms of the
 # worker's ~70 ms of CPU for a 100,000-lot summary (bytes.replace of a two-byte pattern runs
-# ~10 times slower than of one byte). The CSV format writes a value as it is unless it holds the delimiter, the
-# quote, a newline or a carriage return. JSON made by PostgreSQL has no newline or carriage
-# return (it escapes every control character), so neither does it have these two control
-# characters as delimiter and quote: every row is its JSON, then a newline.
+# ~10 times slower than of one byte). The CSV format writes a value as it is unless it holds
+# the delimiter, the quote, a newline or a carriage return. JSON made by PostgreSQL holds none
+# of these (it escapes every control character), so every row is its JSON, then a newline.
 _COPY_OPTIONS: dict[str, Any] = {"format": "csv", "delimiter": "\x02", "quote": "\x01"}
 
 
