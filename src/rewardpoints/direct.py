@@ -99,9 +99,13 @@ class Direct:
     back, so under a steady load above the base size (a worker handed more clients than that by
     the kernel) each of these one-statement requests would pay for a connection of its own: a
     PostgreSQL backend started, authenticated and warmed up, then ended, for a statement of a
-    millisecond. Measured with addPoints, 16 clients on two workers: 1,848 requests/s in a run
-    that opened 109 connections, 2,528 in one that opened none. The overflow stays for the
-    requests that hold a connection for longer (the ORM's transactions, the streamed reads).
+    millisecond. Measured with addPoints, 16 clients on two workers: with the pool at 10, 1,848
+    requests/s in a run that opened 109 connections, 2,528 in one that opened none; with the pool
+    at 4, 656-1,318 requests/s opening 443-732 connections per 8 s before, about 1,900 opening
+    none after. The overflow stays for the requests that hold a connection for longer (the
+    ORM's transactions, the streamed reads). The cost: statements waiting in the database for
+    a row lock hold their turns meanwhile, so a few customers locked from outside (two turns
+    each, ``KeyedGate``) can make the others wait, up to the lock timeout.
     """
 
     def __init__(self, engine: AsyncEngine, lock_timeout_seconds: float) -> None:
