@@ -112,14 +112,13 @@ class Direct:
         self.engine = engine
         self.gate = KeyedGate(lock_timeout_seconds)
         pool = engine.pool
-        if isinstance(pool, QueuePool):
-            self._connections: KeyedGate | None = KeyedGate(
-                pool.timeout(),
-                capacity=pool.size(),
-                refusal=f"no database connection was free within {pool.timeout():g} s",
-            )
-        else:
-            self._connections = None
+        if not isinstance(pool, QueuePool):  # db.create_engine's pool on PostgreSQL
+            raise TypeError(f"the fast path needs a QueuePool, not {type(pool).__name__}")
+        self._connections = KeyedGate(
+            pool.timeout(),
+            capacity=pool.size(),
+            refusal=f"no database connection was free within {pool.timeout():g} s",
+        )
 
     async def fetchrow(
         self,
@@ -169,8 +168,6 @@ class Direct:
 
     async def _run_once(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
         """``driver.<method>(sql, *args)`` on a connection borrowed from the pool."""
-        if self._connections is None:
-            return await self._run_on_pooled(method, sql, args)
         async with self._connections.hold(None):
             return await self._run_on_pooled(method, sql, args)
 
