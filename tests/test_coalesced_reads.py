@@ -1,4 +1,4 @@
-"""Balance reads waiting at the same moment go to PostgreSQL as one statement (CoalescedReads
+"""Balance reads waiting at the same moment go to PostgreSQL as one statement (Coalesced
 in direct.py): each still gets its own customer's balance, never an older one than the writes
 acknowledged before it was asked, and a failure or a cancellation touches only what it must."""
 
@@ -37,7 +37,7 @@ async def test_reads_sent_together_each_get_their_own_customers_balance(
         )
         assert added.status_code == 201
     reads = app.state.ledger._balances
-    statements_before, reads_before = reads.statements, reads.reads
+    statements_before, reads_before = reads.statements, reads.requests
 
     asked = [customers[(7 * i) % 40] for i in range(200)] + ["nobody", "c40", "c 1"]
     answers = await asyncio.gather(*(client.get(_path(c), headers=headers) for c in asked))
@@ -49,7 +49,7 @@ async def test_reads_sent_together_each_get_their_own_customers_balance(
             assert answer.status_code == 404
             assert answer.json()["message"] == f"No reward points found for customer {customer}"
     # They were answered by fewer statements than reads.
-    assert reads.reads - reads_before == len(asked)
+    assert reads.requests - reads_before == len(asked)
     assert reads.statements - statements_before < len(asked) / 4
 
 

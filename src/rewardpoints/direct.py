@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,6 +28,9 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 
 from .db import MAX_ATTEMPTS, RETRY_SQLSTATES, is_unavailable, pause_before_retry
 from .errors import DatabaseUnavailable
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class StatementError(Exception):
@@ -114,6 +116,9 @@ class Direct:
         pool = engine.pool
         if not isinstance(pool, QueuePool):  # db.create_engine's pool on PostgreSQL
             raise TypeError(f"the fast path needs a QueuePool, not {type(pool).__name__}")
+        # Statements run again after a deadlock, a serialisation failure or a unique-key race,
+        # for the tests and for profiling.
+        self.retries = 0
         self._connections = KeyedGate(
             pool.timeout(),
             capacity=pool.size(),
@@ -139,9 +144,12 @@ class Direct:
         async with self.gate.hold(one_at_a_time):
             return await self._fetchrow(sql, args, retry_on_unique)
 
-    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        """Run one read-only statement and return all its rows (retried as ``fetchrow``)."""
-        rows: list[asyncpg.Record] = await self._run("fetch", sql, args, retry_on_unique=False)
+    async def fetch(
+        self, sql: str, *args: Any, retry_on_unique: bool = False
+    ) -> list[asyncpg.Record]:
+        """Run one statement in a transaction of its own and return all its rows (retried as
+        ``fetchrow``)."""
+        rows: list[asyncpg.Record] = await self._run("fetch", sql, args, retry_on_unique)
         return rows
 
     async def _fetchrow(
@@ -163,6 +171,7 @@ class Direct:
                     if is_unavailable(error):
                         raise DatabaseUnavailable(str(error)) from error
                     raise StatementError(state, str(error)) from error
+            self.retries += 1
             await pause_before_retry(attempt)
         raise AssertionError("unreachable")
 
@@ -201,94 +210,122 @@ class Direct:
             raise DatabaseUnavailable(str(error)) from error
 
 
-class CoalescedReads:
-    """Reads of one process that are waiting at the same moment, sent as one statement.
+class Coalesced(Generic[T, R]):
+    """Requests of one process that are waiting at the same moment, sent as one statement.
 
-    Under load many balance reads wait for the database at once, each paying a round trip:
-    the statement sent, its answer received and parsed, in the worker and in a backend. Here a
-    read joins the others waiting in this process and at most ``max_in_flight`` statements
-    are out at a time: a read that arrives while they are busy waits for the next one, which
-    carries every read that queued meanwhile (up to ``max_batch``), in one round trip. A read
-    that finds the database idle goes out at once, alone, so an unloaded service answers as
-    fast as without this.
+    Under load many requests wait for the database at once, each paying a round trip: the
+    statement sent, its answer received and parsed, in the worker and in a backend; a write
+    pays for a commit too, which waits for the WAL to reach the disk. Here a request joins the
+    others waiting in this process and at most ``max_in_flight`` statements are out at a time:
+    a request that arrives while they are busy waits for the next one, which carries every
+    request that queued meanwhile (up to ``max_batch``), in one round trip (``many``, with the
+    items in arrival order, one result each in that order). A request that finds the database
+    idle goes out at once, alone (``single``), so an unloaded service answers as fast as
+    without this.
 
-    Every statement is sent after each of the reads it carries was asked for, with the clock
-    read then, so a read never sees the database as it was before it was asked: an answer
-    acknowledged to one client is seen by every read that another client asks for later.
+    Every statement is sent after each of the requests it carries was made, so a read never
+    sees the database as it was before it was asked: an answer acknowledged to one client is
+    seen by every read that another client asks for later.
+
+    With ``one_by_one_on_failure``, a statement for several requests that fails is followed by
+    each of them alone, so each gets the answer it would have got without the others (a write
+    of one that the database refuses does not fail the rest). Without it, every request of the
+    statement gets its error.
     """
 
     def __init__(
         self,
-        single: Callable[[str, str, datetime], Awaitable[int | None]],
-        many: Callable[[list[str], list[str], datetime], Awaitable[list[int | None]]],
-        clock: Callable[[], datetime],
+        single: Callable[[T], Awaitable[R]],
+        many: Callable[[list[T]], Awaitable[list[R]]],
         *,
         max_in_flight: int = 2,
         max_batch: int = 64,
+        one_by_one_on_failure: bool = False,
     ) -> None:
         self._single = single
         self._many = many
-        self._clock = clock
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
-        self._pending: list[tuple[str, str, asyncio.Future[int | None]]] = []
+        self.one_by_one_on_failure = one_by_one_on_failure
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._scheduled = False
-        # Statements sent and reads answered by them, for the tests and for profiling.
+        # Statements sent and requests answered by them, for the tests and for profiling.
         self.statements = 0
-        self.reads = 0
+        self.requests = 0
 
-    async def read(self, tenant: str, customer_id: str) -> int | None:
+    async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[int | None] = loop.create_future()
-        self._pending.append((tenant, customer_id, future))
+        future: asyncio.Future[R] = loop.create_future()
+        self._pending.append((item, future))
         self._schedule(loop)
         return await future
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self._scheduled and len(self._in_flight) < self.max_in_flight:
-            # After the callbacks already due: reads that arrived together leave together.
+            # After the callbacks already due: requests that arrived together leave together.
             self._scheduled = True
             loop.call_soon(self._send)
 
     def _send(self) -> None:
         self._scheduled = False
-        live = [entry for entry in self._pending[: self.max_batch] if not entry[2].done()]
+        live = [entry for entry in self._pending[: self.max_batch] if not entry[1].done()]
         del self._pending[: self.max_batch]
         if not live:
             if self._pending:
                 self._schedule(asyncio.get_running_loop())
             return
-        task = asyncio.get_running_loop().create_task(self._answer(live))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._answer(live))
         self._in_flight.add(task)
         task.add_done_callback(self._sent)
+        if self._pending:  # more than one statement's worth waiting
+            self._schedule(loop)
 
     def _sent(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
         if self._pending:
             self._schedule(asyncio.get_running_loop())
 
-    async def _answer(self, batch: list[tuple[str, str, asyncio.Future[int | None]]]) -> None:
+    async def _answer(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.statements += 1
-        self.reads += len(batch)
+        self.requests += len(batch)
         try:
-            now = self._clock()
             if len(batch) == 1:
-                tenant, customer_id, _ = batch[0]
-                results = [await self._single(tenant, customer_id, now)]
+                results = [await self._single(batch[0][0])]
             else:
-                tenants = [tenant for tenant, _, _ in batch]
-                customers = [customer for _, customer, _ in batch]
-                results = await self._many(tenants, customers, now)
+                results = await self._many([item for item, _ in batch])
         except asyncio.CancelledError:
-            for _, _, future in batch:
+            for _, future in batch:
                 future.cancel()
             raise
         except Exception as error:
-            for _, _, future in batch:
+            if self.one_by_one_on_failure and len(batch) > 1:
+                await self._one_by_one(batch)
+                return
+            for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, _, future), result in zip(batch, results, strict=True):
+        for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+    async def _one_by_one(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+        async def alone(item: T, future: asyncio.Future[R]) -> None:
+            try:
+                result = await self._single(item)
+            except Exception as error:
+                if not future.done():
+                    future.set_exception(error)
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+        waiting = [(item, future) for item, future in batch if not future.done()]
+        try:
+            await asyncio.gather(*(alone(item, future) for item, future in waiting))
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Site
 from .db import active_transaction_hook, read_transaction, run_transaction, single_read, sqlstate
-from .direct import CoalescedReads, Direct, KeyedGate, StatementError
+from .direct import Coalesced, Direct, KeyedGate, StatementError
 from .errors import (
     CustomerExists,
     CustomerNotFound,
@@ -228,6 +228,7 @@ class Ledger:
         batch_export: BatchExport | None = None,
         summary_stream_entries: int = 1000,
         summary_streams: int = 4,
+        redemption_statements: int = 4,
     ) -> None:
         self.engine = engine
         self.batch_export = batch_export or BatchExport()
@@ -244,12 +245,18 @@ class Ledger:
         self._database_clock = clock is utcnow
         # ... and those calls and the balance read go straight to the driver (direct.py).
         self._direct = Direct(engine, lock_timeout_seconds) if self._in_database else None
-        # ... the balance reads waiting at the same moment as one statement (direct.py).
-        self._balances = (
-            CoalescedReads(self._one_balance, self._many_balances, clock)
-            if self._direct is not None
-            else None
-        )
+        # ... the balance reads waiting at the same moment as one statement, and so the
+        # redemptions, in one transaction (direct.py, migration 0009).
+        self._balances: Coalesced[tuple[str, str], int | None] | None = None
+        self._redemptions: Coalesced[tuple[Any, ...], tuple[str, int]] | None = None
+        if self._direct is not None:
+            self._balances = Coalesced(self._one_balance, self._many_balances)
+            self._redemptions = Coalesced(
+                self._redeem_one,
+                self._redeem_many,
+                max_in_flight=redemption_statements,
+                one_by_one_on_failure=True,
+            )
 
     def site(self, site_code: str) -> Site:
         try:
@@ -261,7 +268,7 @@ class Ledger:
 
     async def balance(self, tenant: str, customer_id: str) -> int:
         if self._balances is not None:
-            balance = await self._balances.read(tenant, customer_id)
+            balance = await self._balances.submit((tenant, customer_id))
             if balance is None:
                 raise CustomerNotFound(customer_id)
             return balance
@@ -280,16 +287,16 @@ class Ledger:
             raise CustomerNotFound(customer_id)
         return int(row[0])
 
-    async def _one_balance(self, tenant: str, customer_id: str, now: datetime) -> int | None:
+    async def _one_balance(self, key: tuple[str, str]) -> int | None:
         assert self._direct is not None
-        row = await self._direct.fetchrow(_BALANCE_SQL, tenant, customer_id, now)
+        row = await self._direct.fetchrow(_BALANCE_SQL, *key, self.clock())
         return None if row is None else int(row[0])
 
-    async def _many_balances(
-        self, tenants: list[str], customer_ids: list[str], now: datetime
-    ) -> list[int | None]:
+    async def _many_balances(self, keys: list[tuple[str, str]]) -> list[int | None]:
         assert self._direct is not None
-        rows = await self._direct.fetch(_BALANCES_SQL, tenants, customer_ids, now)
+        tenants = [tenant for tenant, _ in keys]
+        customer_ids = [customer_id for _, customer_id in keys]
+        rows = await self._direct.fetch(_BALANCES_SQL, tenants, customer_ids, self.clock())
         return [None if row[0] is None else int(row[0]) for row in rows]
 
     async def summary(self, tenant: str, customer_id: str) -> CustomerSummary:
@@ -678,15 +685,8 @@ class Ledger:
                 raise InsufficientPoints(redemption.points, int(available))
             return redemption_id
 
-        if self._direct is not None and active_transaction_hook() is None:
-            row = await self._direct.fetchrow(
-                _REDEEM_SQL,
-                *params.values(),
-                retry_on_unique=True,
-                one_at_a_time=(tenant, customer_id),
-            )
-            assert row is not None
-            return answer(row[0], row[1])
+        if self._redemptions is not None and active_transaction_hook() is None:
+            return answer(*await self._redemptions.submit(tuple(params.values())))
 
         async def body(conn: AsyncConnection) -> str:
             outcome, available = (await conn.execute(_REDEEM_CALL, params)).one()
@@ -695,6 +695,22 @@ class Ledger:
         return await run_transaction(
             self.engine, body, retry_on_integrity=True, single_statement=True
         )
+
+    async def _redeem_one(self, params: tuple[Any, ...]) -> tuple[str, int]:
+        assert self._direct is not None
+        row = await self._direct.fetchrow(
+            _REDEEM_SQL, *params, retry_on_unique=True, one_at_a_time=(params[0], params[1])
+        )
+        assert row is not None
+        return row[0], row[1]
+
+    async def _redeem_many(self, many: list[tuple[Any, ...]]) -> list[tuple[str, int]]:
+        """The redemptions in one call of rewardpoints_redeem_many (migration 0009): one
+        transaction, each applied by rewardpoints_redeem in the order given."""
+        assert self._direct is not None
+        columns = [list(column) for column in zip(*many, strict=True)]
+        rows = await self._direct.fetch(_REDEEM_MANY_SQL, *columns, retry_on_unique=True)
+        return [(row[0], row[1]) for row in rows]
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -772,6 +788,9 @@ _ADD_SQL = (
     "SELECT outcome, entry_id FROM rewardpoints_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 _REDEEM_SQL = "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7, $8)"
+_REDEEM_MANY_SQL = (
+    "SELECT outcome, available FROM rewardpoints_redeem_many($1, $2, $3, $4, $5, $6, $7, $8)"
+)
 # The balance of account ``a`` at $3: the active points its last write stored, while no lot
 # they count has expired (migration 0006); else the sum of its open lots.
 _ACCOUNT_BALANCE = (
