@@ -1,12 +1,13 @@
-"""Redemptions waiting at the same moment go to PostgreSQL in one transaction (Coalesced in
-direct.py, rewardpoints_redeem_many of migration 0009): each gets the answer it would have got
-alone, no point is spent twice, two such transactions never deadlock, and one the database
-refuses fails alone."""
+"""Redemptions, and additions, waiting at the same moment go to PostgreSQL in one transaction
+(Coalesced in direct.py, the functions of migration 0009): each gets the answer it would have
+got alone, no point is spent twice, two such transactions never deadlock, and a write the
+database refuses fails alone."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -14,7 +15,8 @@ import pytest
 
 from rewardpoints.config import Settings
 from rewardpoints.direct import StatementError
-from rewardpoints.ledger import NewRedemption
+from rewardpoints.errors import EntryConflict, InvalidRequest
+from rewardpoints.ledger import NewLot, NewRedemption
 
 from .conftest import make_settings
 
@@ -176,3 +178,61 @@ async def test_a_redemption_the_database_refuses_fails_alone(
     }
     assert stored == {result: f"part {number}" for number, result in enumerate(others)}
     assert (await client.get(_path("mixed"), headers=headers)).json() == 90
+
+
+async def test_additions_sent_together_keep_a_running_balance(
+    client: httpx.AsyncClient, app: Any, headers: dict[str, str]
+) -> None:
+    """80 additions at once, for one customer not yet known and for ten known ones."""
+    for number in range(10):
+        await _add(client, headers, f"known{number}", 1)
+    additions = app.state.ledger._additions
+    statements_before = additions.statements
+
+    asked = ["new"] * 40 + [f"known{number % 10}" for number in range(40)]
+    answers = await asyncio.gather(
+        *(
+            client.post(_path(customer, "addPoints"), json={"points": 2}, headers=headers)
+            for customer in asked
+        )
+    )
+
+    assert [answer.status_code for answer in answers] == [201] * 80
+    assert additions.statements - statements_before < 80 / 4
+    summary = (await client.get(_path("new", "summary"), headers=headers)).json()
+    added = summary["summary"]["addedPointsList"]
+    assert [lot["allPointsAfterCreation"] for lot in added] == list(range(2, 81, 2))
+    balances = [(await client.get(_path(f"known{n}"), headers=headers)).json() for n in range(10)]
+    assert balances == [1 + 4 * 2] * 10
+
+
+async def test_an_addition_refused_by_the_database_fails_alone(
+    client: httpx.AsyncClient, app: Any, tenant: str, headers: dict[str, str]
+) -> None:
+    """An id already used for another entry, and a validUntil in the past, are refused by
+    rewardpoints_add with an error, which rolls back the transaction they are sent in; the
+    others in it are then applied one by one."""
+    await _add(client, headers, "taken", 1)
+    lot_id = (await client.get(_path("taken", "summary"), headers=headers)).json()["summary"][
+        "addedPointsList"
+    ][0]["id"]
+    ledger = app.state.ledger
+    statements_before = ledger._additions.statements
+    asked = [NewLot(points=5, description=f"part {number}") for number in range(8)]
+    asked.insert(2, NewLot(points=5, id=lot_id))
+    asked.insert(6, NewLot(points=5, valid_until=datetime(2001, 1, 1, tzinfo=UTC)))
+
+    results = await asyncio.gather(
+        *(ledger.add_points(tenant, "fresh", lot, "main") for lot in asked),
+        return_exceptions=True,
+    )
+
+    assert ledger._additions.statements - statements_before < len(asked)
+    assert isinstance(results[2], EntryConflict)
+    assert isinstance(results[6], InvalidRequest)
+    others = [result for number, result in enumerate(results) if number not in (2, 6)]
+    assert all(isinstance(result, str) for result in others), others
+    summary = (await client.get(_path("fresh", "summary"), headers=headers)).json()
+    stored = {lot["id"]: lot["description"] for lot in summary["summary"]["addedPointsList"]}
+    assert stored == {result: f"part {number}" for number, result in enumerate(others)}
+    assert (await client.get(_path("fresh"), headers=headers)).json() == 40

@@ -69,7 +69,7 @@ def create_app(
         ),
         summary_stream_entries=settings.summary_stream_entries,
         summary_streams=settings.summary_streams,
-        redemption_statements=settings.redemption_statements,
+        write_statements=settings.write_statements,
     )
     verifier = TokenVerifier(settings, jwks=jwks)
 

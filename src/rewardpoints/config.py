@@ -84,9 +84,10 @@ class Settings(BaseSettings):
     summary_stream_entries: int = Field(default=1000, ge=0, le=1_000_000)
     # ... by at most this many streams at once per process; beyond, they are built whole.
     summary_streams: int = Field(default=4, ge=0, le=1000)
-    # On PostgreSQL, at most this many statements applying redemptions are out at once per
-    # process; the redemptions that wait meanwhile go together in the next one (direct.py).
-    redemption_statements: int = Field(default=4, ge=1, le=1000)
+    # On PostgreSQL, at most this many statements applying redemptions, and as many applying
+    # additions, are out at once per process; the writes that wait meanwhile go together in
+    # the next one (direct.py, migration 0009).
+    write_statements: int = Field(default=4, ge=1, le=1000)
     # A streamed answer (summaryBatch, a long summary) whose client takes nothing for this long
     # is ended, and its database connections given up (api/streaming.py); 0: never.
     stream_send_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)

@@ -228,7 +228,7 @@ class Ledger:
         batch_export: BatchExport | None = None,
         summary_stream_entries: int = 1000,
         summary_streams: int = 4,
-        redemption_statements: int = 4,
+        write_statements: int = 4,
     ) -> None:
         self.engine = engine
         self.batch_export = batch_export or BatchExport()
@@ -248,15 +248,14 @@ class Ledger:
         # ... the balance reads waiting at the same moment as one statement, and so the
         # redemptions, in one transaction (direct.py, migration 0009).
         self._balances: Coalesced[tuple[str, str], int | None] | None = None
-        self._redemptions: Coalesced[tuple[Any, ...], tuple[str, int]] | None = None
+        self._redemptions: Coalesced[tuple[Any, ...], tuple[Any, Any]] | None = None
+        self._additions: Coalesced[tuple[Any, ...], tuple[Any, Any]] | None = None
         if self._direct is not None:
             self._balances = Coalesced(self._one_balance, self._many_balances)
-            self._redemptions = Coalesced(
-                self._redeem_one,
-                self._redeem_many,
-                max_in_flight=redemption_statements,
-                one_by_one_on_failure=True,
+            self._redemptions = self._coalesced_writes(
+                _REDEEM_SQL, _REDEEM_MANY_SQL, write_statements
             )
+            self._additions = self._coalesced_writes(_ADD_SQL, _ADD_MANY_SQL, write_statements)
 
     def site(self, site_code: str) -> Site:
         try:
@@ -630,19 +629,13 @@ class Ledger:
             "hash": lot.fingerprint(customer_id),
             "now": self._database_now(),
         }
-        if self._direct is not None and active_transaction_hook() is None:
+        if self._additions is not None and active_transaction_hook() is None:
             try:
-                row = await self._direct.fetchrow(
-                    _ADD_SQL,
-                    *params.values(),
-                    retry_on_unique=True,
-                    one_at_a_time=(tenant, customer_id),
-                )
+                _, lot_id = await self._additions.submit(tuple(params.values()))
             except StatementError as error:
                 _raise_add_refusal(error.sqlstate, new_id)
                 raise
-            assert row is not None
-            return str(row[1])
+            return str(lot_id)
 
         async def body(conn: AsyncConnection) -> str:
             try:
@@ -696,21 +689,29 @@ class Ledger:
             self.engine, body, retry_on_integrity=True, single_statement=True
         )
 
-    async def _redeem_one(self, params: tuple[Any, ...]) -> tuple[str, int]:
-        assert self._direct is not None
-        row = await self._direct.fetchrow(
-            _REDEEM_SQL, *params, retry_on_unique=True, one_at_a_time=(params[0], params[1])
-        )
-        assert row is not None
-        return row[0], row[1]
+    def _coalesced_writes(
+        self, one_sql: str, many_sql: str, statements: int
+    ) -> Coalesced[tuple[Any, ...], tuple[Any, Any]]:
+        """Writes of one kind waiting at the same moment, applied in one transaction (a
+        ``*_many`` function of migration 0009: each write applied by the one-write function, in
+        arrival order); a write alone, or one of a transaction the database refused, by the
+        one-write function. Each gives the function's (outcome, value)."""
+        direct = self._direct
+        assert direct is not None
 
-    async def _redeem_many(self, many: list[tuple[Any, ...]]) -> list[tuple[str, int]]:
-        """The redemptions in one call of rewardpoints_redeem_many (migration 0009): one
-        transaction, each applied by rewardpoints_redeem in the order given."""
-        assert self._direct is not None
-        columns = [list(column) for column in zip(*many, strict=True)]
-        rows = await self._direct.fetch(_REDEEM_MANY_SQL, *columns, retry_on_unique=True)
-        return [(row[0], row[1]) for row in rows]
+        async def one(params: tuple[Any, ...]) -> tuple[Any, Any]:
+            row = await direct.fetchrow(
+                one_sql, *params, retry_on_unique=True, one_at_a_time=(params[0], params[1])
+            )
+            assert row is not None
+            return row[0], row[1]
+
+        async def many(writes: list[tuple[Any, ...]]) -> list[tuple[Any, Any]]:
+            columns = [list(column) for column in zip(*writes, strict=True)]
+            rows = await direct.fetch(many_sql, *columns, retry_on_unique=True)
+            return [(row[0], row[1]) for row in rows]
+
+        return Coalesced(one, many, max_in_flight=statements, one_by_one_on_failure=True)
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -790,6 +791,10 @@ _ADD_SQL = (
 _REDEEM_SQL = "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7, $8)"
 _REDEEM_MANY_SQL = (
     "SELECT outcome, available FROM rewardpoints_redeem_many($1, $2, $3, $4, $5, $6, $7, $8)"
+)
+_ADD_MANY_SQL = (
+    "SELECT outcome, entry_id"
+    " FROM rewardpoints_add_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 )
 # The balance of account ``a`` at $3: the active points its last write stored, while no lot
 # they count has expired (migration 0006); else the sum of its open lots.
