@@ -125,9 +125,10 @@ async def test_redemptions_sent_together_lock_their_customers_without_deadlocks(
     direct = app.state.ledger._direct
     retries_before = direct.retries
     redemptions = app.state.ledger._redemptions
-    # A few redemptions per transaction, so that several transactions are out at once (as
-    # when requests arrive spread out) rather than all of them in one.
+    # A few redemptions per transaction and four transactions out at once (as with more
+    # statements allowed, or requests arriving spread out), rather than all in one or two.
     redemptions.max_batch = 3
+    redemptions.max_in_flight = 4
     statements_before = redemptions.statements
 
     async def one_client(seed: int) -> list[int]:

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     # On PostgreSQL, at most this many statements applying redemptions, and as many applying
     # additions, are out at once per process; the writes that wait meanwhile go together in
     # the next one (direct.py, migration 0009).
-    write_statements: int = Field(default=4, ge=1, le=1000)
+    write_statements: int = Field(default=2, ge=1, le=1000)
     # A streamed answer (summaryBatch, a long summary) whose client takes nothing for this long
     # is ended, and its database connections given up (api/streaming.py); 0: never.
     stream_send_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)

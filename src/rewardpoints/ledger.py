@@ -228,7 +228,7 @@ class Ledger:
         batch_export: BatchExport | None = None,
         summary_stream_entries: int = 1000,
         summary_streams: int = 4,
-        write_statements: int = 4,
+        write_statements: int = 2,
     ) -> None:
         self.engine = engine
         self.batch_export = batch_export or BatchExport()
