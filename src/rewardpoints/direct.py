@@ -227,10 +227,12 @@ class Coalesced(Generic[T, R]):
     sees the database as it was before it was asked: an answer acknowledged to one client is
     seen by every read that another client asks for later.
 
-    With ``one_by_one_on_failure``, a statement for several requests that fails is followed by
+    A statement for several requests that fails with one of ``one_by_one_on`` is followed by
     each of them alone, so each gets the answer it would have got without the others (a write
-    of one that the database refuses does not fail the rest). Without it, every request of the
-    statement gets its error.
+    of one that the database refuses does not fail the rest). With any other error, every
+    request of the statement gets it: a database that cannot be reached is not asked again
+    once per request. A result of ``many`` for which ``again_alone`` is true (a request the
+    statement left undone) is not an answer: that request is sent again, alone.
     """
 
     def __init__(
@@ -240,19 +242,23 @@ class Coalesced(Generic[T, R]):
         *,
         max_in_flight: int = 2,
         max_batch: int = 64,
-        one_by_one_on_failure: bool = False,
+        one_by_one_on: tuple[type[Exception], ...] = (),
+        again_alone: Callable[[R], bool] | None = None,
     ) -> None:
         self._single = single
         self._many = many
         self.max_in_flight = max_in_flight
         self.max_batch = max_batch
-        self.one_by_one_on_failure = one_by_one_on_failure
+        self.one_by_one_on = one_by_one_on
+        self.again_alone = again_alone
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._scheduled = False
-        # Statements sent and requests answered by them, for the tests and for profiling.
+        # Statements sent and requests answered by them, and requests sent again alone (their
+        # statement failed, or left them undone), for the tests and for profiling.
         self.statements = 0
         self.requests = 0
+        self.alone = 0
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
@@ -295,21 +301,27 @@ class Coalesced(Generic[T, R]):
                 results = [await self._single(batch[0][0])]
             else:
                 results = await self._many([item for item, _ in batch])
+            answered = list(zip(batch, results, strict=True))
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
             raise
         except Exception as error:
-            if self.one_by_one_on_failure and len(batch) > 1:
+            if isinstance(error, self.one_by_one_on) and len(batch) > 1:
                 await self._one_by_one(batch)
                 return
             for _, future in batch:
                 if not future.done():
                     future.set_exception(error)
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
+        again = []
+        for (item, future), result in answered:
+            if len(batch) > 1 and self.again_alone is not None and self.again_alone(result):
+                again.append((item, future))
+            elif not future.done():
                 future.set_result(result)
+        if again:
+            await self._one_by_one(again)
 
     async def _one_by_one(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         async def alone(item: T, future: asyncio.Future[R]) -> None:
@@ -323,6 +335,7 @@ class Coalesced(Generic[T, R]):
                     future.set_result(result)
 
         waiting = [(item, future) for item, future in batch if not future.done()]
+        self.alone += len(waiting)
         try:
             await asyncio.gather(*(alone(item, future) for item, future in waiting))
         except asyncio.CancelledError:

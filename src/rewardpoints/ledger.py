@@ -631,10 +631,11 @@ class Ledger:
         }
         if self._additions is not None and active_transaction_hook() is None:
             try:
-                _, lot_id = await self._additions.submit(tuple(params.values()))
+                outcome, lot_id = await self._additions.submit(tuple(params.values()))
             except StatementError as error:
                 _raise_add_refusal(error.sqlstate, new_id)
                 raise
+            _raise_add_refusal(outcome, new_id)  # answered by rewardpoints_add_many
             return str(lot_id)
 
         async def body(conn: AsyncConnection) -> str:
@@ -711,7 +712,16 @@ class Ledger:
             rows = await direct.fetch(many_sql, *columns, retry_on_unique=True)
             return [(row[0], row[1]) for row in rows]
 
-        return Coalesced(one, many, max_in_flight=statements, one_by_one_on_failure=True)
+        # The writes of customers locked elsewhere, or not yet known ("busy"), are sent again
+        # alone; so are all of a statement that the database refused (a text it cannot store,
+        # a validUntil that passed between two clock readings), each with its own answer.
+        return Coalesced(
+            one,
+            many,
+            max_in_flight=statements,
+            one_by_one_on=(StatementError,),
+            again_alone=lambda result: result[0] == "busy",
+        )
 
     # ---- helpers -----------------------------------------------------------------------
 
