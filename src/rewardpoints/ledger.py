@@ -245,8 +245,9 @@ class Ledger:
         self._database_clock = clock is utcnow
         # ... and those calls and the balance read go straight to the driver (direct.py).
         self._direct = Direct(engine, lock_timeout_seconds) if self._in_database else None
-        # ... the balance reads waiting at the same moment as one statement, and so the
-        # redemptions, in one transaction (direct.py, migration 0009).
+        # ... the balance reads waiting at the same moment as one statement, and the
+        # redemptions, and the additions, each kind in one transaction (direct.py, migration
+        # 0009).
         self._balances: Coalesced[tuple[str, str], int | None] | None = None
         self._redemptions: Coalesced[tuple[Any, ...], tuple[Any, Any]] | None = None
         self._additions: Coalesced[tuple[Any, ...], tuple[Any, Any]] | None = None
