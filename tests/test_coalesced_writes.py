@@ -10,10 +10,8 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
-from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
 from rewardpoints.config import Settings
@@ -22,7 +20,7 @@ from rewardpoints.errors import EntryConflict, InvalidRequest
 from rewardpoints.ledger import NewLot, NewRedemption
 
 from .conftest import make_settings
-from .support import FakeClock
+from .support import FakeClock, connect
 
 
 @pytest.fixture
@@ -167,10 +165,7 @@ async def test_a_customer_locked_elsewhere_holds_up_only_its_own_writes(
     the lock and is applied once it is given back."""
     for customer in ("held", "free0", "free1", "free2"):
         await _add(client, headers, customer, 100)
-    url = make_url(pg_url)
-    holder = await asyncpg.connect(
-        host=url.host, port=url.port, user=url.username, database=url.database
-    )
+    holder = await connect(pg_url)
     try:
         locked = holder.transaction()
         await locked.start()

@@ -14,8 +14,11 @@ customers waits for no lock: it locks, in key order, the accounts it can lock at
 (``SKIP LOCKED``), applies the writes of those, and answers the others ``busy`` (their
 accounts held by another transaction, or not yet created): the service sends each of those
 alone, as before. So a customer locked elsewhere holds up its own writes only, for at most the
-lock timeout, and two calls never wait for each other in a cycle. ``p_nows`` holds each write's
-clock reading, NULL for the database's own clock read under the lock.
+lock timeout, and no call waits for another's account locks while holding some of its own.
+(Two calls inserting the same client-given ids for different customers at once can still wait
+on each other's rows; PostgreSQL breaks such a cycle and the service runs the call again.)
+``p_nows`` holds each write's clock reading, NULL for the database's own clock read under the
+lock.
 
 Revision ID: 0009
 Revises: 0008
