@@ -1,4 +1,4 @@
-"""Alembic environment: one history for PostgreSQL and SQLite, run through the async drivers."""
+"""Alembic environment: the migrations run through asyncpg, like the service."""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
-        render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
     with context.begin_transaction():

@@ -1,6 +1,6 @@
-"""Real databases for the tests: a fresh PostgreSQL database and an SQLite file per run,
-each built by the Alembic migrations. PostgreSQL is required: when it cannot be reached
-and no throwaway server can be started, the run fails instead of skipping."""
+"""A real database for the tests: a fresh PostgreSQL database per run, built by the Alembic
+migrations. PostgreSQL is required: when it cannot be reached and no throwaway server can be
+started, the run fails instead of skipping."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -111,19 +110,10 @@ def pg_url(pg_server_url: str) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    path: Path = tmp_path_factory.mktemp("sqlite") / "rewardpoints.db"
-    url = f"sqlite+aiosqlite:///{path}"
-    migrate(make_settings(url))
-    return url
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def database_url(request: pytest.FixtureRequest) -> str:
-    """Runs the test once on each database."""
-    fixture = "pg_url" if request.param == "postgresql" else "sqlite_url"
-    return str(request.getfixturevalue(fixture))
+@pytest.fixture
+def database_url(pg_url: str) -> str:
+    """The database of the service under test."""
+    return pg_url
 
 
 @pytest.fixture

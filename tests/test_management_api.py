@@ -316,16 +316,20 @@ async def test_create_entry_with_unknown_site_code_is_400_and_creates_nothing(
     assert (await client.get(url("c1"), headers=headers)).status_code == 404
 
 
-async def test_create_entry_whose_start_lot_id_is_taken_creates_nothing(
+async def test_create_entry_whose_start_lot_id_another_customer_uses_is_a_lot_of_its_own(
     client: httpx.AsyncClient, headers: Headers
 ) -> None:
+    """Entry ids are unique per customer: Emporix's own examples give startPoints and
+    addPoints the same id."""
     await add(client, headers, "owner", 10, id="lot-1")
 
     response = await create(client, headers, "c1", {"startPoints": {"id": "lot-1", "points": 7}})
 
-    assert response.status_code == 409
-    assert (await client.get(url("c1"), headers=headers)).json() == not_found_body("c1")
+    assert response.status_code == 200
+    assert await balance(client, headers, "c1") == 7
     assert await balance(client, headers, "owner") == 10
+    lots = (await summary(client, headers, "c1"))["summary"]["addedPointsList"]
+    assert [(lot["id"], lot["points"]) for lot in lots] == [("lot-1", 7)]
 
 
 # ---- DELETE /customer/{id} ------------------------------------------------------------------

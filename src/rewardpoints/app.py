@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 
 from fastapi import FastAPI
@@ -20,9 +20,10 @@ from .api.limits import MAX_HEADER_BYTES, MAX_TARGET_BYTES, BodyLimitMiddleware
 from .api.openapi import openapi_builder
 from .auth import JwksCache, TokenVerifier
 from .config import Settings
-from .db import create_engine, is_unavailable
+from .db import Clock, create_engine, is_unavailable
+from .documents import BatchExport, Documents, StreamSlots
 from .idempotency import IdempotencyStore
-from .ledger import BatchExport, Clock, Ledger, utcnow
+from .ledger import Ledger
 from .rewards import build_rewards
 
 DESCRIPTION = (
@@ -54,28 +55,31 @@ def create_app(
     clock: Clock | None = None,
     jwks: JwksCache | None = None,
 ) -> FastAPI:
+    """The service. ``clock`` is for tests only: the database functions then read their time
+    from it instead of the database's clock (db.create_engine), and so do the redeem options
+    and the built-in coupons."""
     settings = settings or Settings()
-    engine = create_engine(settings)
+    engine = create_engine(settings, clock=clock)
     ledger = Ledger(
         engine,
         settings.sites(),
-        clock or utcnow,
         lock_timeout_seconds=settings.lock_timeout_ms / 1000,
-        batch_export=BatchExport(
+        write_statements=settings.write_statements,
+    )
+    documents = Documents(
+        engine,
+        BatchExport(
             settings.summary_batch_connections,
             settings.summary_batch_range_customers,
             exports=settings.summary_batch_exports,
             wait_seconds=settings.database_pool_timeout_seconds,
         ),
-        summary_stream_entries=settings.summary_stream_entries,
-        summary_streams=settings.summary_streams,
-        write_statements=settings.write_statements,
+        stream_entries=settings.summary_stream_entries,
+        streams=StreamSlots(settings.summary_streams),
     )
     verifier = TokenVerifier(settings, jwks=jwks)
 
-    idempotency = IdempotencyStore(
-        engine, ledger.clock, timedelta(hours=settings.idempotency_ttl_hours)
-    )
+    idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -100,8 +104,9 @@ def create_app(
     )
     app.state.settings = settings
     app.state.ledger = ledger
+    app.state.documents = documents
     app.state.verifier = verifier
-    app.state.rewards = build_rewards(settings, ledger)
+    app.state.rewards = build_rewards(settings, ledger, clock or _machine_clock)
     app.state.idempotency = idempotency
     app.state.idempotency_in_flight = set()
     errors.install(app)
@@ -126,6 +131,10 @@ def create_app(
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app
+
+
+def _machine_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 async def _prune_forever(store: IdempotencyStore, interval: float) -> None:

@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./rewardpoints.db"
 MAX_POINTS = 2_147_483_647
 
 
@@ -35,7 +34,7 @@ class Settings(BaseSettings):
         env_prefix="REWARDPOINTS_", env_file=".env", extra="ignore", frozen=True
     )
 
-    database_url: str = DEFAULT_DATABASE_URL
+    database_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1)
     # Waiting longer than this for a free connection answers 503.
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)

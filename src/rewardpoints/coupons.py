@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import httpx
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -141,12 +141,9 @@ class BuiltInCoupons:
         body = json.dumps(coupon_body(request, code), ensure_ascii=False, separators=(",", ":"))
 
         async def write(conn: AsyncConnection) -> bool:
-            dialect_insert = (
-                postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-            )
             # Only a taken code is tolerated; a second coupon for one redemption is an error.
             statement = (
-                dialect_insert(coupons)
+                postgresql.insert(coupons)
                 .values(
                     tenant=request.tenant,
                     code=code,

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
@@ -14,11 +15,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from .config import Settings
 from .errors import DatabaseUnavailable
 
 T = TypeVar("T")
+Clock = Callable[[], datetime]
 
 
 class TransactionHook(Protocol):
@@ -62,16 +65,12 @@ async def pause_before_retry(attempt: int) -> None:
     await asyncio.sleep(0.005 * attempt)
 
 
-def create_engine(settings: Settings) -> AsyncEngine:
+def create_engine(settings: Settings, *, clock: Clock | None = None) -> AsyncEngine:
+    """The service's engine. ``clock`` is for tests only: the database functions read their
+    time from it instead of the database's clock (see ``_set_clock_at_checkout``)."""
+    if settings.database_url is None:
+        raise ValueError("no database URL: the embedded cluster provides one (cli.py)")
     url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite":
-        engine = create_async_engine(
-            url,
-            connect_args={"timeout": settings.lock_timeout_ms / 1000},
-            pool_size=settings.database_pool_size,
-        )
-        _configure_sqlite(engine, settings)
-        return engine
     engine = create_async_engine(
         url,
         pool_size=settings.database_pool_size,
@@ -89,11 +88,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
             },
         },
     )
-    _configure_postgresql(engine)
+    _replace_closed_connections(engine)
+    if clock is not None:
+        _set_clock_at_checkout(engine, clock)
     return engine
 
 
-def _configure_postgresql(engine: AsyncEngine) -> None:
+def _replace_closed_connections(engine: AsyncEngine) -> None:
     """Replace a pooled connection the server has closed before it is handed out.
 
     SQLAlchemy's ``pool_pre_ping`` would cost three round trips per checkout with asyncpg
@@ -111,32 +112,27 @@ def _configure_postgresql(engine: AsyncEngine) -> None:
             raise DisconnectionError("the server closed this connection")
 
 
-def _configure_sqlite(engine: AsyncEngine, settings: Settings) -> None:
-    """Let SQLAlchemy, not the driver, begin transactions, so writers can BEGIN IMMEDIATE."""
+def _set_clock_at_checkout(engine: AsyncEngine, clock: Clock) -> None:
+    """Tests' clock: each checkout reads it and sets ``rewardpoints.now`` for the session,
+    which the database functions read instead of their clock (rewardpoints_now.sql). Set
+    through the same path the service's own calls take; production never sets it."""
 
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(settings.lock_timeout_ms)}")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        immediate = connection.get_execution_options().get("rewardpoints_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        await_only(
+            driver.execute(
+                "SELECT set_config('rewardpoints.now', $1, false)",
+                clock().astimezone(UTC).isoformat(),
+            )
+        )
 
 
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """One write transaction; on SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE)."""
-    async with engine.connect() as conn:
-        await conn.execution_options(rewardpoints_write=True)
-        async with conn.begin():
-            yield conn
+    """One write transaction."""
+    async with engine.connect() as conn, conn.begin():
+        yield conn
 
 
 @asynccontextmanager
@@ -148,22 +144,17 @@ async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConne
 
 
 def single_read(engine: AsyncEngine) -> Any:
-    """A connection for one read statement: without BEGIN/ROLLBACK round trips on PostgreSQL."""
-    if engine.dialect.name == "postgresql":
-        return autocommit_connection(engine)
-    return read_transaction(engine)
+    """A connection for one read statement: without BEGIN/ROLLBACK round trips."""
+    return autocommit_connection(engine)
 
 
 @asynccontextmanager
 async def read_transaction(
     engine: AsyncEngine, *, snapshot: bool = False
 ) -> AsyncIterator[AsyncConnection]:
-    """A read-only transaction; with ``snapshot`` every statement sees the same data.
-
-    SQLite's deferred transactions already read one snapshot in WAL mode.
-    """
+    """A read-only transaction; with ``snapshot`` every statement sees the same data."""
     async with engine.connect() as conn:
-        if snapshot and conn.dialect.name == "postgresql":
+        if snapshot:
             await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             yield conn
@@ -194,9 +185,6 @@ def is_unavailable(error: BaseException) -> bool:
         state = sqlstate(error)
         if state and state.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
             return True
-        message = str(error.orig).lower()
-        if "database is locked" in message or "unable to open database" in message:
-            return True
         orig = error.orig
         cause = getattr(orig, "__cause__", None)
         if isinstance(cause, (ConnectionError, TimeoutError, OSError)):
@@ -222,7 +210,7 @@ async def run_transaction(
     """
     transaction = write_transaction if write else read_transaction
     hook = _hook.get() if write else None
-    if single_statement and hook is None and engine.dialect.name == "postgresql":
+    if single_statement and hook is None:
         # One statement is atomic by itself: no BEGIN and COMMIT round trips around it.
         transaction = autocommit_connection
     for attempt in range(1, MAX_ATTEMPTS + 1):

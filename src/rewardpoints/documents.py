@@ -1,9 +1,8 @@
-"""Customer summaries as Emporix's ``pointsSummaryOut`` JSON documents.
+"""Customer summaries as Emporix's ``pointsSummaryOut`` JSON documents, written by PostgreSQL.
 
-On PostgreSQL the database writes each document itself, one row per customer, so a summary of
-100,000 lots or a tenant of millions is not turned into Python objects row by row; on SQLite
-the ledger's objects are written out here. Both produce the same bytes (the API tests compare
-them byte for byte on both databases).
+The database writes each document itself, one row per customer, so a summary of 100,000 lots or
+a tenant of millions is never turned into Python objects row by row; long ones are streamed as
+they are read. Expiry is measured at the database's clock (rewardpoints_read_now).
 """
 
 from __future__ import annotations
@@ -11,64 +10,100 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AsyncExitStack, aclosing
-from datetime import UTC, datetime
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, cast
 
 import anyio
 import asyncpg
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
 from .db import is_unavailable, read_transaction, single_read
+from .direct import KeyedGate
 from .errors import CustomerNotFound, DatabaseUnavailable
-from .ledger import CustomerSummary, Ledger, Lot, Redemption
 
 
-def timestamp(moment: datetime) -> str:
-    """``2023-05-11T18:32:18.591+00:00``: UTC, milliseconds, explicit offset."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+@dataclass(slots=True)
+class BatchExport:
+    """How summaryBatch reads a tenant: in ranges of ``range_customers`` customers, on up to
+    ``connections`` connections at once.
+
+    An export takes one connection and as many more as it can use and are free: the exports of
+    one process together hold at most ``connections - 1`` more than one each, so they cannot
+    wait for each other's connections, and a second export at the same time reads on one.
+
+    At most ``exports`` run at once: an export holds its connection for as long as its client
+    takes to read it, so many slow ones could otherwise hold the whole pool. One more waits for
+    a turn, ``wait_seconds`` at most, and is then refused as the database being busy.
+    """
+
+    connections: int = 2
+    range_customers: int = 2000
+    exports: int = 4
+    wait_seconds: float = 10.0
+    _extra_in_use: int = 0
+    _turns: KeyedGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._turns = KeyedGate(
+            self.wait_seconds,
+            capacity=self.exports,
+            refusal=f"{self.exports} summaryBatch exports are running;"
+            f" none ended within {self.wait_seconds:g} s",
+        )
+
+    def turn(self) -> AbstractAsyncContextManager[None]:
+        """One of the ``exports`` turns, held until the block ends."""
+        return self._turns.hold(None)
+
+    @contextmanager
+    def claim(self, wanted: int) -> Iterator[int]:
+        """As many extra connections as are free, up to ``wanted``, until the block ends."""
+        taken = max(0, min(wanted, self.connections - 1 - self._extra_in_use))
+        self._extra_in_use += taken
+        try:
+            yield taken
+        finally:
+            self._extra_in_use -= taken
 
 
-def lot_json(lot: Lot) -> dict[str, Any]:
-    return {
-        "id": lot.id,
-        "reference-id": lot.reference_id,
-        "description": lot.description,
-        "points": lot.points,
-        "createdAt": timestamp(lot.created_at),
-        "allPointsAfterCreation": lot.all_points_after_creation,
-        "usedPoints": lot.used_points,
-        "validUntil": timestamp(lot.valid_until),
-        "usedWith": lot.used_with,
-    }
+@dataclass(slots=True)
+class StreamSlots:
+    """At most ``limit`` summaries streamed at once by one process. A streamed summary holds
+    its connection for as long as its client takes to read it, so slow clients, a customer's
+    own among them, could otherwise hold the whole pool; a summary that finds no slot free is
+    built whole, as a short one is, and its connection goes back at once."""
+
+    limit: int = 4
+    _in_use: int = 0
+
+    @contextmanager
+    def claim(self) -> Iterator[bool]:
+        """Whether a slot was free; it is held until the block ends."""
+        taken = int(self._in_use < self.limit)
+        self._in_use += taken
+        try:
+            yield bool(taken)
+        finally:
+            self._in_use -= taken
 
 
-def redemption_json(redemption: Redemption) -> dict[str, Any]:
-    return {
-        "id": redemption.id,
-        "description": redemption.description,
-        "points": redemption.points,
-        "createdAt": timestamp(redemption.created_at),
-        "allPointsAfterCreation": redemption.all_points_after_creation,
-    }
+@dataclass(slots=True)
+class Documents:
+    """The summaries of one service: its engine, and the limits on its long reads.
 
+    A customer with more lots, or more redemptions, than ``stream_entries`` gets its summary
+    streamed rather than built whole first, while one of ``streams`` is free.
+    """
 
-def summary_json(summary: CustomerSummary) -> dict[str, Any]:
-    return {
-        "customerId": summary.customer_id,
-        "activePoints": summary.active_points,
-        "summary": {
-            "addedPointsList": [lot_json(lot) for lot in summary.lots],
-            "redeemedPointsList": [redemption_json(r) for r in summary.redemptions],
-        },
-    }
-
-
-def dumps(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    engine: AsyncEngine
+    batch_export: BatchExport = field(default_factory=BatchExport)
+    stream_entries: int = 1000
+    streams: StreamSlots = field(default_factory=StreamSlots)
 
 
 def _stamp(column: str) -> str:
@@ -111,6 +146,8 @@ _USED_WITH_ORDER = "ORDER BY u.created_at, u.redemption_id"
 _LOT_ORDER = "ORDER BY lo.created_at, lo.id"
 _REDEMPTION_ORDER = "ORDER BY re.created_at, re.id"
 _ACTIVE = "SUM(CASE WHEN lo.valid_until > {now} THEN lo.points - lo.used_points ELSE 0 END)"
+# The moment a summary's expiry is measured at, read once per statement.
+_NOW = "(SELECT rewardpoints_read_now())"
 # The customer's document from its active points and its lists' items (NULL when empty).
 _DOCUMENT = (
     """'{"customerId":' || to_json(a.customer_id::text)::text"""
@@ -127,7 +164,7 @@ _USED_WITH_OF_LOT = f"""(
     SELECT string_agg(item, ',') FROM (
         SELECT {_USED_WITH_ITEM} AS item
         FROM lot_usages u
-        WHERE u.tenant = lo.tenant AND u.lot_id = lo.id
+        WHERE u.tenant = lo.tenant AND u.customer_id = lo.customer_id AND u.lot_id = lo.id
         {_USED_WITH_ORDER}) AS used)"""
 
 # One customer's document, when it has at most :most lots and at most :most redemptions; else
@@ -138,7 +175,7 @@ _ONE_DOCUMENT = text(f"""
 SELECT CASE WHEN l.n <= :most AND r.n <= :most THEN {_DOCUMENT} END AS document
 FROM accounts a
 LEFT JOIN LATERAL (
-    SELECT count(*) AS n, {_ACTIVE.format(now=":now")} AS active,
+    SELECT count(*) AS n, {_ACTIVE.format(now=_NOW)} AS active,
            string_agg({_lot_item(_USED_WITH_OF_LOT)}, ',' {_LOT_ORDER}) AS items
     FROM (
         SELECT * FROM lots lo
@@ -163,7 +200,7 @@ WHERE a.tenant = :tenant AND a.customer_id = :customer
 _DOCUMENT_START = text(f"""
 SELECT '{{"customerId":' || to_json(a.customer_id::text)::text
     || ',"activePoints":' || COALESCE((
-        SELECT {_ACTIVE.format(now=":now")}
+        SELECT {_ACTIVE.format(now=_NOW)}
         FROM lots lo
         WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id
           AND NOT lo.used_up), 0)::text
@@ -295,30 +332,27 @@ _COPY_WAIT_SECONDS = 60.0
 _COPY_OPTIONS: dict[str, Any] = {"format": "csv", "delimiter": "\x02", "quote": "\x01"}
 
 
-def _in_database(ledger: Ledger) -> bool:
-    return ledger.engine.dialect.name == "postgresql"
+def dumps(value: Any) -> bytes:
+    """Compact JSON, as the documents are written (keys as given, non-ASCII kept)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def summary_document(
-    ledger: Ledger, tenant: str, customer_id: str
+    docs: Documents, tenant: str, customer_id: str
 ) -> AsyncGenerator[bytes, None]:
     """The customer's document, in parts that joined are the document.
 
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
-    ``ledger.summary_stream_entries`` lots and as many redemptions is one part, and so is every
-    summary while ``ledger.summary_streams`` are all taken. On PostgreSQL a longer one is
-    streamed: its lists are read with ``COPY ... TO STDOUT`` as they are sent, a bounded amount
-    ahead, so a history of 100,000 lots (27 MB of JSON) is not held in the worker's memory, and
-    its first bytes leave at once. Either way it is the customer as of one moment.
+    ``docs.stream_entries`` lots and as many redemptions is one part, and so is every summary
+    while ``docs.streams`` are all taken. A longer one is streamed: its lists are read with
+    ``COPY ... TO STDOUT`` as they are sent, a bounded amount ahead, so a history of 100,000
+    lots (27 MB of JSON) is not held in the worker's memory, and its first bytes leave at once.
+    Either way it is the customer as of one moment.
     """
-    if not _in_database(ledger):
-        yield dumps(summary_json(await ledger.summary(tenant, customer_id)))
-        return
-    now = ledger.clock()
-    with ledger.summary_streams.claim() as may_stream:
-        most = ledger.summary_stream_entries if may_stream else _WHOLE
-        params = {"tenant": tenant, "customer": customer_id, "now": now, "most": most}
-        async with single_read(ledger.engine) as conn:
+    with docs.streams.claim() as may_stream:
+        most = docs.stream_entries if may_stream else _WHOLE
+        params = {"tenant": tenant, "customer": customer_id, "most": most}
+        async with single_read(docs.engine) as conn:
             row = (await conn.execute(_ONE_DOCUMENT, params)).first()
         if row is None:
             raise CustomerNotFound(customer_id)
@@ -326,20 +360,20 @@ async def summary_document(
             yield str(row.document).encode()
             return
         # Closed with this generator, so its connection is given up when this one is closed.
-        async with aclosing(_streamed_document(ledger, tenant, customer_id, now)) as parts:
+        async with aclosing(_streamed_document(docs.engine, tenant, customer_id)) as parts:
             async for part in parts:
                 yield part
 
 
 async def _streamed_document(
-    ledger: Ledger, tenant: str, customer_id: str, now: datetime
+    engine: AsyncEngine, tenant: str, customer_id: str
 ) -> AsyncGenerator[bytes, None]:
-    async with read_transaction(ledger.engine, snapshot=True) as conn:
+    async with read_transaction(engine, snapshot=True) as conn:
         copy: _RangeCopy | None = None
         try:
             for statement in _STREAM_SETTINGS:
                 await conn.execute(text(statement))
-            params = {"tenant": tenant, "customer": customer_id, "now": now}
+            params = {"tenant": tenant, "customer": customer_id}
             start = (await conn.execute(_DOCUMENT_START, params)).scalar_one_or_none()
             if start is None:  # deleted since it was counted
                 raise CustomerNotFound(customer_id)
@@ -365,40 +399,38 @@ async def _streamed_document(
         await copy.close()
 
 
-async def summary_documents(ledger: Ledger, tenant: str) -> AsyncGenerator[bytes, None]:
+async def summary_documents(docs: Documents, tenant: str) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array
-    (``_documents``), in one of the turns of ``ledger.batch_export``: an export that finds them
+    (``_documents``), in one of the turns of ``docs.batch_export``: an export that finds them
     all taken waits for one, and fails as the database being unavailable if none comes in
     time, before its first item."""
     # The inner generator is closed with this one, so its connections are given up with it.
-    async with ledger.batch_export.turn(), aclosing(_documents(ledger, tenant)) as documents:
+    async with docs.batch_export.turn(), aclosing(_documents(docs, tenant)) as documents:
         async for document in documents:
             yield document
 
 
-async def _documents(ledger: Ledger, tenant: str) -> AsyncGenerator[bytes, None]:
+async def _documents(docs: Documents, tenant: str) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array.
 
-    Each item holds one document or, on PostgreSQL, several separated by commas, so the items
-    joined with commas are the array's elements. On PostgreSQL the tenant's customers are read in
-    ranges (``BatchExport.range_customers`` each) with ``COPY ... TO STDOUT``, on up to
-    ``BatchExport.connections`` connections that share one snapshot: while one range is sent,
-    the next ones are being made by other PostgreSQL backends, a bounded amount ahead. Every
-    range is read as fast as it is sent, and the response is the tenant as of one moment.
+    Each item holds several documents separated by commas, so the items joined with commas are
+    the array's elements. The tenant's customers are read in ranges
+    (``BatchExport.range_customers`` each) with ``COPY ... TO STDOUT``, on up to
+    ``BatchExport.connections`` connections that share one snapshot and one moment for expiry:
+    while one range is sent, the next ones are being made by other PostgreSQL backends, a
+    bounded amount ahead. Every range is read as fast as it is sent, and the response is the
+    tenant as of one moment.
     """
-    if not _in_database(ledger):
-        async for summary in ledger.stream_summaries(tenant):
-            yield dumps(summary_json(summary))
-        return
-    export = ledger.batch_export
-    now = ledger.clock()
+    export = docs.batch_export
+    engine = docs.engine
     async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(read_transaction(ledger.engine, snapshot=True))
+        first = await stack.enter_async_context(read_transaction(engine, snapshot=True))
         connections = [first]
         copies: list[_RangeCopy] = []
         try:
             for statement in _EXPORT_SETTINGS:
                 await first.execute(text(statement))
+            now = (await first.execute(text("SELECT rewardpoints_read_now()"))).scalar_one()
             starts = (
                 await first.execute(
                     _RANGE_STARTS, {"tenant": tenant, "per": export.range_customers}
@@ -406,7 +438,7 @@ async def _documents(ledger: Ledger, tenant: str) -> AsyncGenerator[bytes, None]
             ).scalars()
             bounds = [str(start) for start in starts]
             ranges = list(zip([None, *bounds], [*bounds, None], strict=True))
-            wanted = min(len(ranges), export.connections, 1 + _idle_connections(ledger)) - 1
+            wanted = min(len(ranges), export.connections, 1 + _idle_connections(engine)) - 1
             with export.claim(wanted) as extra:
                 if extra:
                     exported = await first.execute(text("SELECT pg_export_snapshot()"))
@@ -414,7 +446,7 @@ async def _documents(ledger: Ledger, tenant: str) -> AsyncGenerator[bytes, None]
                     importing = text(f"SET TRANSACTION SNAPSHOT '{exported.scalar_one()}'")
                     for _ in range(extra):
                         conn = await stack.enter_async_context(
-                            read_transaction(ledger.engine, snapshot=True)
+                            read_transaction(engine, snapshot=True)
                         )
                         connections.append(conn)
                         await conn.execute(importing)
@@ -469,11 +501,11 @@ async def _abandon(
     return None
 
 
-def _idle_connections(ledger: Ledger) -> int:
+def _idle_connections(engine: AsyncEngine) -> int:
     """Connections of the pool's base size not in use now: an export takes extra connections
     only from these, so it never waits for one (nor fails waiting) while it holds another,
     and it leaves the overflow to the requests that need one."""
-    pool = ledger.engine.pool
+    pool = engine.pool
     if not isinstance(pool, QueuePool):
         return 0
     return max(0, pool.size() - pool.checkedout())

@@ -14,12 +14,11 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import read_transaction, write_transaction
 from .errors import IdempotencyKeyInProgress, IdempotencyKeyReused
-from .ledger import Clock
 from .models import idempotency_keys
 
 
@@ -53,9 +52,8 @@ def _lock_id(tenant: str, key: str) -> int:
 
 
 class IdempotencyStore:
-    def __init__(self, engine: AsyncEngine, clock: Clock, ttl: timedelta) -> None:
+    def __init__(self, engine: AsyncEngine, ttl: timedelta) -> None:
         self.engine = engine
-        self.clock = clock
         self.ttl = ttl
 
     async def lookup(self, tenant: str, key: str, request_hash: str) -> StoredResponse | None:
@@ -66,11 +64,10 @@ class IdempotencyStore:
     async def claim(self, conn: AsyncConnection, tenant: str, key: str, request_hash: str) -> None:
         """Inside the write transaction, before the write: nobody else runs this key now,
         and it has not been answered (else Replayed / IdempotencyKeyReused)."""
-        if conn.dialect.name == "postgresql":
-            # Held until this transaction ends; another worker with the same key gets 409.
-            got = await conn.scalar(select(func.pg_try_advisory_xact_lock(_lock_id(tenant, key))))
-            if not got:
-                raise IdempotencyKeyInProgress(key)
+        # Held until this transaction ends; another worker with the same key gets 409.
+        got = await conn.scalar(select(func.pg_try_advisory_xact_lock(_lock_id(tenant, key))))
+        if not got:
+            raise IdempotencyKeyInProgress(key)
         stored = await self._stored(conn, tenant, key, request_hash)
         if stored is not None:
             raise Replayed(stored)
@@ -83,7 +80,7 @@ class IdempotencyStore:
         request_hash: str,
         response: StoredResponse,
     ) -> None:
-        now = self.clock()
+        now = _now()
         values: dict[str, Any] = {
             "tenant": tenant,
             "key": key,
@@ -94,8 +91,7 @@ class IdempotencyStore:
             "created_at": now,
             "expires_at": now + self.ttl,
         }
-        dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        statement = dialect_insert(idempotency_keys).values(**values)
+        statement = postgresql.insert(idempotency_keys).values(**values)
         # An expired record of the same key is replaced; a live one is never overwritten.
         statement = statement.on_conflict_do_update(
             index_elements=[idempotency_keys.c.tenant, idempotency_keys.c.key],
@@ -117,7 +113,7 @@ class IdempotencyStore:
         """Delete expired keys; returns how many."""
         async with write_transaction(self.engine) as conn:
             result = await conn.execute(
-                delete(idempotency_keys).where(idempotency_keys.c.expires_at <= self.clock())
+                delete(idempotency_keys).where(idempotency_keys.c.expires_at <= _now())
             )
         return int(result.rowcount or 0)
 
@@ -134,7 +130,7 @@ class IdempotencyStore:
                 ).where(
                     idempotency_keys.c.tenant == tenant,
                     idempotency_keys.c.key == key,
-                    idempotency_keys.c.expires_at > self.clock(),
+                    idempotency_keys.c.expires_at > _now(),
                 )
             )
         ).first()
@@ -180,3 +176,8 @@ class IdempotencyHook:
 
     def committed(self) -> None:
         self.recorded = self.recorded or self._pending
+
+
+def _now() -> Any:
+    """The database's clock, as the ledger reads it (rewardpoints_read_now.sql)."""
+    return func.rewardpoints_read_now()

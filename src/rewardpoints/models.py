@@ -38,17 +38,13 @@ metadata = MetaData(
 
 
 class UTCDateTime(TypeDecorator[datetime]):
-    """An aware UTC datetime: ``timestamptz`` on PostgreSQL, naive UTC text on SQLite."""
+    """An aware UTC datetime, stored as ``timestamptz``."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        value = value.astimezone(UTC)
-        # SQLite compares the stored text, so every value is written in one (naive UTC) form.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return None if value is None else value.astimezone(UTC)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -58,8 +54,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 def Key(length: int) -> String:  # noqa: N802 - reads as a column type
-    """A key column compared bytewise on both databases, so ordering is the same everywhere."""
-    return String(length).with_variant(String(length, collation="C"), "postgresql")
+    """A key column compared bytewise ("C"), so its order is the same whatever the locale."""
+    return String(length, collation="C")
 
 
 accounts = Table(
@@ -75,12 +71,14 @@ accounts = Table(
     Column("active_until", UTCDateTime, nullable=True),
 )
 
+# An entry's id is unique per customer, across its lots and redemptions together (checked by
+# rewardpoints_entry_seen under the customer's lock; migration 0010).
 lots = Table(
     "lots",
     metadata,
     Column("tenant", Key(16), primary_key=True),
+    Column("customer_id", Key(255), primary_key=True),
     Column("id", Key(255), primary_key=True),
-    Column("customer_id", Key(255), nullable=False),
     Column("reference_id", Text, nullable=True),
     Column("description", Text, nullable=False),
     Column("points", BigInteger, nullable=False),
@@ -93,7 +91,7 @@ lots = Table(
     # below does not stop PostgreSQL from updating a lot in place (migration 0005).
     Column("used_up", Boolean, Computed("used_points >= points"), nullable=False),
     # A used-up lot's item in summaries, as documents.py writes it, stored by the redemption
-    # that spends its last point (PostgreSQL only; migration 0008). NULL: build it.
+    # that spends its last point (rewardpoints_lot_item). NULL: build it.
     Column("summary_item", Text, nullable=True),
     CheckConstraint("points > 0", name="points_positive"),
     CheckConstraint("used_points >= 0 AND used_points <= points", name="used_within_points"),
@@ -109,7 +107,6 @@ lots = Table(
         "created_at",
         "id",
         postgresql_where=text("NOT used_up"),
-        sqlite_where=text("used_up = 0"),
     ),
 )
 
@@ -117,8 +114,8 @@ redemptions = Table(
     "redemptions",
     metadata,
     Column("tenant", Key(16), primary_key=True),
+    Column("customer_id", Key(255), primary_key=True),
     Column("id", Key(255), primary_key=True),
-    Column("customer_id", Key(255), nullable=False),
     Column("description", Text, nullable=False),
     Column("points", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
@@ -136,18 +133,27 @@ lot_usages = Table(
     "lot_usages",
     metadata,
     Column("tenant", Key(16), primary_key=True),
+    Column("customer_id", Key(255), primary_key=True),
     Column("lot_id", Key(255), primary_key=True),
     Column("redemption_id", Key(255), primary_key=True),
     Column("points", BigInteger, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     CheckConstraint("points > 0", name="points_positive"),
-    ForeignKeyConstraint(["tenant", "lot_id"], ["lots.tenant", "lots.id"], ondelete="CASCADE"),
     ForeignKeyConstraint(
-        ["tenant", "redemption_id"], ["redemptions.tenant", "redemptions.id"], ondelete="CASCADE"
+        ["tenant", "customer_id", "lot_id"],
+        ["lots.tenant", "lots.customer_id", "lots.id"],
+        ondelete="CASCADE",
     ),
-    Index("ix_lot_usages_redemption", "tenant", "redemption_id"),
+    ForeignKeyConstraint(
+        ["tenant", "customer_id", "redemption_id"],
+        ["redemptions.tenant", "redemptions.customer_id", "redemptions.id"],
+        ondelete="CASCADE",
+    ),
+    Index("ix_lot_usages_redemption", "tenant", "customer_id", "redemption_id"),
     # A lot's usages in the order of its usedWith list (migration 0007).
-    Index("ix_lot_usages_lot_order", "tenant", "lot_id", "created_at", "redemption_id"),
+    Index(
+        "ix_lot_usages_lot_order", "tenant", "customer_id", "lot_id", "created_at", "redemption_id"
+    ),
 )
 
 # The tenant's ways to turn points into a coupon. ``coupon`` is the coupon template as JSON.
@@ -182,11 +188,11 @@ coupons = Table(
     Column("body", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     ForeignKeyConstraint(
-        ["tenant", "redemption_id"],
-        ["redemptions.tenant", "redemptions.id"],
+        ["tenant", "customer_id", "redemption_id"],
+        ["redemptions.tenant", "redemptions.customer_id", "redemptions.id"],
         ondelete="CASCADE",
     ),
-    UniqueConstraint("tenant", "redemption_id"),
+    UniqueConstraint("tenant", "customer_id", "redemption_id"),
     Index("ix_coupons_customer_order", "tenant", "customer_id", "created_at", "code"),
 )
 

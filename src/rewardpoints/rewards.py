@@ -14,6 +14,7 @@ from typing import Any
 
 from .config import MAX_POINTS, Settings
 from .coupons import CouponIssuer, CouponRequest, build_issuer
+from .db import Clock
 from .errors import (
     CouponIssueFailed,
     CustomerNotFound,
@@ -144,7 +145,7 @@ class Rewards:
         )
 
 
-def build_rewards(settings: Settings, ledger: Ledger) -> Rewards:
-    store = RedeemOptionStore(ledger.engine, ledger.clock)
-    issuer = build_issuer(settings, ledger.engine, ledger.clock)
+def build_rewards(settings: Settings, ledger: Ledger, clock: Clock) -> Rewards:
+    store = RedeemOptionStore(ledger.engine, clock)
+    issuer = build_issuer(settings, ledger.engine, clock)
     return Rewards(ledger, store, issuer)

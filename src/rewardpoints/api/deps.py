@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator
 
 from ..auth import MANAGE_SCOPES, VIEW_SCOPES, Principal, TokenVerifier
+from ..documents import Documents
 from ..errors import AuthenticationFailed, Forbidden, InvalidRequest
 from ..ledger import Ledger
 from ..rewards import Rewards
@@ -61,6 +62,11 @@ async def get_ledger(request: Request) -> Ledger:
     return ledger
 
 
+async def get_documents(request: Request) -> Documents:
+    documents: Documents = request.app.state.documents
+    return documents
+
+
 def _customer_id_ok(customer_id: str) -> str:
     if "\x00" in customer_id:
         # Not a ValueError: pydantic lets it through, and it is answered as the ledger's 400.
@@ -75,6 +81,7 @@ DEFAULT_SITE_CODE = "main"
 ViewPrincipal = Annotated[Principal, Depends(employee_with(VIEW_SCOPES))]
 ManagePrincipal = Annotated[Principal, Depends(employee_with(MANAGE_SCOPES))]
 LedgerDep = Annotated[Ledger, Depends(get_ledger)]
+DocumentsDep = Annotated[Documents, Depends(get_documents)]
 CustomerId = Annotated[
     str,
     AfterValidator(_customer_id_ok),

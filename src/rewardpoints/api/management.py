@@ -10,7 +10,15 @@ from starlette.responses import Response
 
 from ..documents import summary_document, summary_documents
 from ..errors import InvalidRequest
-from .deps import DEFAULT_SITE_CODE, CustomerId, LedgerDep, ManagePrincipal, SiteCode, ViewPrincipal
+from .deps import (
+    DEFAULT_SITE_CODE,
+    CustomerId,
+    DocumentsDep,
+    LedgerDep,
+    ManagePrincipal,
+    SiteCode,
+    ViewPrincipal,
+)
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
@@ -41,9 +49,9 @@ def _integer(value: int) -> Response:
     response_model=list[PointsSummaryOut],
     responses=responses(401, 403, 500, 503),
 )
-async def summary_batch(request: Request, principal: ViewPrincipal, ledger: LedgerDep) -> Response:
+async def summary_batch(request: Request, principal: ViewPrincipal, docs: DocumentsDep) -> Response:
     """Every customer of the token's tenant, ordered by `customerId`, streamed as it is read."""
-    documents = summary_documents(ledger, principal.tenant)
+    documents = summary_documents(docs, principal.tenant)
     # Read the first customer before answering, so an unreachable database is a 503, not a
     # broken 200.
     first = await anext(documents, None)
@@ -166,10 +174,10 @@ async def delete_entry(
     responses=responses(400, 401, 403, 404, 500, 503),
 )
 async def get_summary(
-    request: Request, principal: ViewPrincipal, customer_id: CustomerId, ledger: LedgerDep
+    request: Request, principal: ViewPrincipal, customer_id: CustomerId, docs: DocumentsDep
 ) -> Response:
     """Every added and redeemed entry of the customer, oldest first, and the active points."""
-    parts = summary_document(ledger, principal.tenant, customer_id)
+    parts = summary_document(docs, principal.tenant, customer_id)
     return await summary_response(request, parts)
 
 

@@ -8,7 +8,14 @@ from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
 from ..documents import dumps, summary_document
-from .deps import DEFAULT_SITE_CODE, CustomerPrincipal, LedgerDep, RewardsDep, SiteCode
+from .deps import (
+    DEFAULT_SITE_CODE,
+    CustomerPrincipal,
+    DocumentsDep,
+    LedgerDep,
+    RewardsDep,
+    SiteCode,
+)
 from .errors import responses
 from .idempotency import IdempotencyKey, idempotent
 from .management import summary_response
@@ -49,11 +56,11 @@ async def get_own_balance(principal: CustomerPrincipal, ledger: LedgerDep) -> Re
     responses=responses(401, 403, 404, 500, 503),
 )
 async def get_own_summary(
-    request: Request, principal: CustomerPrincipal, ledger: LedgerDep
+    request: Request, principal: CustomerPrincipal, docs: DocumentsDep
 ) -> Response:
     """Every added and redeemed entry of the signed-in customer, oldest first."""
     assert principal.customer_id is not None
-    parts = summary_document(ledger, principal.tenant, principal.customer_id)
+    parts = summary_document(docs, principal.tenant, principal.customer_id)
     return await summary_response(request, parts)
 
 
