@@ -87,8 +87,8 @@ BEGIN
            pg_temp.entry_hash(p_customer || '-r' || r)
     FROM generate_series(1, p_used / p_per_redemption) AS r;
 
-    INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)
-    SELECT p_tenant, p_customer || '-l' || lpad(j::text, 6, '0'),
+    INSERT INTO lot_usages (tenant, customer_id, lot_id, redemption_id, points, created_at)
+    SELECT p_tenant, p_customer, p_customer || '-l' || lpad(j::text, 6, '0'),
            p_customer || '-r' || lpad(((j - 1) / p_per_redemption + 1)::text, 6, '0'), 10,
            t0 + (((j - 1) / p_per_redemption + 1) * p_per_redemption) * interval '1 minute'
               + interval '30 seconds'
@@ -128,8 +128,8 @@ BEGIN
     FROM (SELECT 'b' || lpad(i::text, 7, '0') AS id, t0 + i * interval '1 millisecond' AS t0
           FROM generate_series(1, p_customers) AS i) AS c;
 
-    INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)
-    SELECT p_tenant, c.id || '-l' || g.k, c.id || '-r1', (ARRAY[100, 50])[g.k],
+    INSERT INTO lot_usages (tenant, customer_id, lot_id, redemption_id, points, created_at)
+    SELECT p_tenant, c.id, c.id || '-l' || g.k, c.id || '-r1', (ARRAY[100, 50])[g.k],
            c.t0 + interval '3 days 12 hours'
     FROM (SELECT n / 2 + 1 AS i, n % 2 + 1 AS k
           FROM generate_series(0, p_customers * 2 - 1) AS n) AS g,
@@ -173,8 +173,8 @@ UPDATE accounts SET active_points = 0, active_since = now(), active_until = 'inf
 -- The items of the used-up lots, which the redemptions that spent them would have stored
 -- (migration 0008).
 UPDATE lots
-   SET summary_item = rewardpoints_lot_item(tenant, id, reference_id, description, points,
-                                            used_points, created_at, valid_until,
+   SET summary_item = rewardpoints_lot_item(tenant, customer_id, id, reference_id, description,
+                                            points, used_points, created_at, valid_until,
                                             all_points_after_creation)
  WHERE used_up;
 
@@ -194,21 +194,24 @@ BEGIN
     IF bad > 0 THEN RAISE EXCEPTION '% redemptions without an account', bad; END IF;
 
     SELECT count(*) INTO bad FROM lot_usages u
-    WHERE NOT EXISTS (SELECT 1 FROM lots l WHERE l.tenant = u.tenant AND l.id = u.lot_id)
-       OR NOT EXISTS (SELECT 1 FROM redemptions r
-                      WHERE r.tenant = u.tenant AND r.id = u.redemption_id);
+    WHERE NOT EXISTS (SELECT 1 FROM lots l WHERE l.tenant = u.tenant
+                      AND l.customer_id = u.customer_id AND l.id = u.lot_id)
+       OR NOT EXISTS (SELECT 1 FROM redemptions r WHERE r.tenant = u.tenant
+                      AND r.customer_id = u.customer_id AND r.id = u.redemption_id);
     IF bad > 0 THEN RAISE EXCEPTION '% lot_usages without a lot or redemption', bad; END IF;
 
     -- usedPoints is what the lot's usages drew; a redemption drew exactly its points.
     SELECT count(*) INTO bad FROM lots l
-    LEFT JOIN (SELECT tenant, lot_id, sum(points) AS drawn FROM lot_usages
-               GROUP BY tenant, lot_id) u ON u.tenant = l.tenant AND u.lot_id = l.id
+    LEFT JOIN (SELECT tenant, customer_id, lot_id, sum(points) AS drawn FROM lot_usages
+               GROUP BY tenant, customer_id, lot_id) u
+           ON u.tenant = l.tenant AND u.customer_id = l.customer_id AND u.lot_id = l.id
     WHERE l.used_points <> coalesce(u.drawn, 0);
     IF bad > 0 THEN RAISE EXCEPTION '% lots whose usedPoints differ from their usages', bad; END IF;
 
     SELECT count(*) INTO bad FROM redemptions r
-    JOIN (SELECT tenant, redemption_id, sum(points) AS drawn FROM lot_usages
-          GROUP BY tenant, redemption_id) u ON u.tenant = r.tenant AND u.redemption_id = r.id
+    JOIN (SELECT tenant, customer_id, redemption_id, sum(points) AS drawn FROM lot_usages
+          GROUP BY tenant, customer_id, redemption_id) u
+      ON u.tenant = r.tenant AND u.customer_id = r.customer_id AND u.redemption_id = r.id
     WHERE r.points <> u.drawn;
     IF bad > 0 THEN RAISE EXCEPTION '% redemptions that drew other than their points', bad; END IF;
 

@@ -161,6 +161,16 @@ async def served(
 
 
 @contextlib.asynccontextmanager
+async def documents_of(url: str, **overrides: Any) -> AsyncIterator[Any]:
+    """The summaries of a service of its own with these settings, its engine disposed after."""
+    app = create_app(make_settings(url, **overrides))
+    try:
+        yield app.state.documents
+    finally:
+        await app.state.ledger.engine.dispose()
+
+
+@contextlib.asynccontextmanager
 async def ledger_of(url: str, **overrides: Any) -> AsyncIterator[Any]:
     """The ledger of a service of its own with these settings, its engine disposed after."""
     app = create_app(make_settings(url, **overrides))

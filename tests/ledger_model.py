@@ -158,9 +158,11 @@ class TenantLedger:
             found += [(customer_id, redemption) for redemption in customer.redemptions]
         return found
 
-    def entry(self, entry_id: str) -> Entry | None:
-        for _, found in self.entries():
-            if found.id == entry_id:
+    def entry(self, customer_id: str, entry_id: str) -> Entry | None:
+        """The customer's entry with this id: ids are unique per customer, across lots and
+        redemptions together."""
+        for owner, found in self.entries():
+            if owner == customer_id and found.id == entry_id:
                 return found
         return None
 
@@ -191,7 +193,7 @@ class TenantLedger:
     # ---- writes ------------------------------------------------------------------------
 
     def add(self, customer_id: str, request: LotRequest, now: datetime) -> Outcome:
-        retry = self._retry(request.id, request.content(customer_id))
+        retry = self._retry(customer_id, request.id, request.content(customer_id))
         if retry and _points_ok(request.points):
             return Outcome(OK_ADD)  # a safe retry answers as the first time, even if expired
         refusal = refused(
@@ -206,7 +208,7 @@ class TenantLedger:
 
     def redeem(self, customer_id: str, request: RedemptionRequest, now: datetime) -> Outcome:
         customer = self.customers.get(customer_id)
-        retry = self._retry(request.id, request.content(customer_id))
+        retry = self._retry(customer_id, request.id, request.content(customer_id))
         if retry and _points_ok(request.points):
             return Outcome(OK_ADD)
         available = self.active_points(customer_id, now)
@@ -251,16 +253,12 @@ class TenantLedger:
         now: datetime,
         body_customer_id: str | None = None,
     ) -> Outcome:
-        # The new customer has no entries yet, so a start lot's id that is taken is always
-        # taken by other content.
+        # The new customer has no entries yet, so a start lot's id is always free.
         refusal = refused(
             INVALID if body_customer_id not in (None, customer_id) else None,
             INVALID if start is not None and not _points_ok(start.points) else None,
             INVALID if start is not None and _expired_on_arrival(start, now) else None,
             EXISTS if customer_id in self.customers else None,
-            ID_CONFLICT
-            if start is not None and start.id is not None and self.entry(start.id) is not None
-            else None,
         )
         if refusal is not None:
             return refusal
@@ -285,11 +283,13 @@ class TenantLedger:
 
     # ---- helpers -----------------------------------------------------------------------
 
-    def _retry(self, entry_id: str | None, content: tuple[Any, ...]) -> bool | None:
+    def _retry(
+        self, customer_id: str, entry_id: str | None, content: tuple[Any, ...]
+    ) -> bool | None:
         """None: a new id. True: a safe retry. False: the id is taken by other content."""
         if entry_id is None:
             return None
-        existing = self.entry(entry_id)
+        existing = self.entry(customer_id, entry_id)
         if existing is None:
             return None
         return existing.content == content

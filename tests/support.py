@@ -361,8 +361,9 @@ async def bulk_load(conn: Any, tenant: str, customers: int) -> None:
             customers,
         )
         await conn.execute(
-            "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
-            " SELECT $1, 'l' || g || '-1', 'r' || g, 40, $2 FROM generate_series(1, $3) g",
+            "INSERT INTO lot_usages (tenant, customer_id, lot_id, redemption_id, points,"
+            " created_at) SELECT $1, 'c' || lpad(g::text, 5, '0'), 'l' || g || '-1', 'r' || g,"
+            " 40, $2 FROM generate_series(1, $3) g",
             tenant,
             now - timedelta(hours=1),
             customers,
@@ -442,9 +443,9 @@ async def load_long_history(pg_url: str, tenant: str, lots: int, used: int) -> N
                 used // 10,
             )
             await conn.execute(
-                "INSERT INTO lot_usages (tenant, lot_id, redemption_id, points, created_at)"
-                " SELECT $1, 'l' || lpad(g::text, 6, '0'), 'r' || lpad(((g + 9) / 10)::text,"
-                " 6, '0'), 10, $2 FROM generate_series(1, $3) g",
+                "INSERT INTO lot_usages (tenant, customer_id, lot_id, redemption_id, points,"
+                " created_at) SELECT $1, 'long', 'l' || lpad(g::text, 6, '0'),"
+                " 'r' || lpad(((g + 9) / 10)::text, 6, '0'), 10, $2 FROM generate_series(1, $3) g",
                 tenant,
                 start,
                 used,
@@ -473,3 +474,81 @@ def stall(
     head = sock.recv(1024)
     assert head.startswith(b"HTTP/1.1 200"), head[:200]
     return sock, head
+
+
+def wire_timestamp(moment: datetime) -> str:
+    """``2023-05-11T18:32:18.591+00:00``: how the service writes a time, computed here
+    independently of it."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+async def summary_from_tables(conn: Any, tenant: str, customer_id: str, now: datetime) -> Any:
+    """The customer's Emporix summary as the test oracle writes it: read from the ledger's
+    tables row by row and written out here in Python, apart from the SQL that writes the
+    service's documents. ``now`` is the moment expiry is measured at."""
+    from sqlalchemy import text
+
+    params = {"tenant": tenant, "customer": customer_id}
+    lot_rows = (
+        await conn.execute(
+            text(
+                "SELECT id, reference_id, description, points, used_points, created_at,"
+                " valid_until, all_points_after_creation FROM lots"
+                " WHERE tenant = :tenant AND customer_id = :customer ORDER BY created_at, id"
+            ),
+            params,
+        )
+    ).all()
+    usages = (
+        await conn.execute(
+            text(
+                "SELECT lot_id, redemption_id FROM lot_usages"
+                " WHERE tenant = :tenant AND customer_id = :customer"
+                " ORDER BY created_at, redemption_id"
+            ),
+            params,
+        )
+    ).all()
+    redemption_rows = (
+        await conn.execute(
+            text(
+                "SELECT id, description, points, created_at, all_points_after_creation"
+                " FROM redemptions WHERE tenant = :tenant AND customer_id = :customer"
+                " ORDER BY created_at, id"
+            ),
+            params,
+        )
+    ).all()
+    used_with: dict[str, list[str]] = {}
+    for lot_id, redemption_id in usages:
+        used_with.setdefault(lot_id, []).append(redemption_id)
+    added = [
+        {
+            "id": row.id,
+            "reference-id": row.reference_id,
+            "description": row.description,
+            "points": row.points,
+            "createdAt": wire_timestamp(row.created_at),
+            "allPointsAfterCreation": row.all_points_after_creation,
+            "usedPoints": row.used_points,
+            "validUntil": wire_timestamp(row.valid_until),
+            "usedWith": used_with.get(row.id, []),
+        }
+        for row in lot_rows
+    ]
+    redeemed = [
+        {
+            "id": row.id,
+            "description": row.description,
+            "points": row.points,
+            "createdAt": wire_timestamp(row.created_at),
+            "allPointsAfterCreation": row.all_points_after_creation,
+        }
+        for row in redemption_rows
+    ]
+    active = sum(row.points - row.used_points for row in lot_rows if row.valid_until > now)
+    return {
+        "customerId": customer_id,
+        "activePoints": active,
+        "summary": {"addedPointsList": added, "redeemedPointsList": redeemed},
+    }

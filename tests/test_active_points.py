@@ -22,7 +22,7 @@ from .support import FakeClock
 @pytest.fixture
 async def ledger(database_url: str, clock: FakeClock) -> AsyncIterator[Ledger]:
     settings = make_settings(database_url)
-    ledger = Ledger(create_engine(settings), settings.sites(), clock)
+    ledger = Ledger(create_engine(settings, clock=clock), settings.sites())
     yield ledger
     await ledger.engine.dispose()
 
@@ -114,7 +114,7 @@ async def test_a_balance_on_postgresql_reads_the_stored_points_inside_their_wind
     pg_url: str, clock: FakeClock, tenant: str
 ) -> None:
     settings = make_settings(pg_url)
-    ledger = Ledger(create_engine(settings), settings.sites(), clock)
+    ledger = Ledger(create_engine(settings, clock=clock), settings.sites())
     try:
         await ledger.add_points(
             tenant, "c", NewLot(10, valid_until=clock.now + timedelta(hours=1)), "main"

@@ -13,10 +13,14 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from rewardpoints.documents import _EXPORT_SETTINGS, _range_documents, summary_documents
-from rewardpoints.ledger import BatchExport
+from rewardpoints.documents import (
+    _EXPORT_SETTINGS,
+    BatchExport,
+    _range_documents,
+    summary_documents,
+)
 
-from .conftest import _admin, bearer, fresh_database, ledger_of, served, token
+from .conftest import _admin, bearer, documents_of, fresh_database, served, token
 from .support import FakeClock, bulk_load, connect
 
 # Ordered bytewise ("0" < "A" < "Z9" < "a" < "b-1" < "z" < "ä"); two have no lot at all.
@@ -273,10 +277,10 @@ async def test_an_export_reads_on_as_many_connections_as_it_is_given(
     pg_url: str, tenant: str, connections: int
 ) -> None:
     await _bulk_tenant(pg_url, tenant, 3000)
-    async with ledger_of(
+    async with documents_of(
         pg_url, summary_batch_connections=connections, summary_batch_range_customers=500
-    ) as ledger:
-        documents = summary_documents(ledger, tenant)
+    ) as docs:
+        documents = summary_documents(docs, tenant)
         try:
             items = [await anext(documents)]
             # Every connection begins its first range (after a round trip of the driver's own)
@@ -299,13 +303,13 @@ async def test_a_client_that_reads_slowly_gets_the_whole_tenant(pg_url: str, ten
     """Between its ranges, and once it has read its ranges ahead, a connection waits idle in
     its transaction for the client; that is no stalled request for the idle timeout to end."""
     await _bulk_tenant(pg_url, tenant, 3000)
-    async with ledger_of(
+    async with documents_of(
         pg_url,
         summary_batch_connections=2,
         summary_batch_range_customers=1000,
         database_idle_in_transaction_timeout_ms=300,
-    ) as ledger:
-        documents = summary_documents(ledger, tenant)
+    ) as docs:
+        documents = summary_documents(docs, tenant)
         items = [await anext(documents)]
         await asyncio.sleep(1.5)
         items += [item async for item in documents]
@@ -318,16 +322,16 @@ async def test_an_export_takes_no_extra_connection_another_request_would_wait_fo
     """With a pool of one connection (and one of overflow), an export that took the overflow
     too would leave a second export waiting for it until the pool's timeout, then a 503."""
     await _bulk_tenant(pg_url, tenant, 3000)
-    async with ledger_of(
+    async with documents_of(
         pg_url,
         summary_batch_connections=2,
         summary_batch_range_customers=1000,
         database_pool_size=1,
         database_pool_timeout_seconds=1,
-    ) as ledger:
-        first = summary_documents(ledger, tenant)
+    ) as docs:
+        first = summary_documents(docs, tenant)
         first_items = [await anext(first)]
-        second_items = [item async for item in summary_documents(ledger, tenant)]
+        second_items = [item async for item in summary_documents(docs, tenant)]
         first_items += [item async for item in first]
     assert _customers_in(first_items) == EVERY_CUSTOMER
     assert _customers_in(second_items) == EVERY_CUSTOMER

@@ -56,7 +56,7 @@ async def test_an_export_beyond_the_limit_is_refused_after_the_wait_and_nothing_
 ) -> None:
     application, http = service
     headers = bearer(token(tenant))
-    running = summary_documents(application.state.ledger, tenant)
+    running = summary_documents(application.state.documents, tenant)
     first = [await anext(running)]
     try:
         started = time.monotonic()
@@ -89,7 +89,7 @@ async def test_an_export_waits_for_a_turn_that_frees_in_time(
 ) -> None:
     application, http = service
     headers = bearer(token(tenant))
-    running = summary_documents(application.state.ledger, tenant)
+    running = summary_documents(application.state.documents, tenant)
     first = [await anext(running)]
     waiting = asyncio.create_task(http.get(BATCH, headers=headers))
     await asyncio.sleep(WAIT / 3)
@@ -106,7 +106,7 @@ async def test_an_export_closed_half_way_gives_its_turn_back(
 ) -> None:
     application, http = service
     headers = bearer(token(tenant))
-    running = summary_documents(application.state.ledger, tenant)
+    running = summary_documents(application.state.documents, tenant)
     await anext(running)
     await running.aclose()
     answer = await http.get(BATCH, headers=headers)

@@ -4,9 +4,10 @@ a working directory of their own (``.env`` is read from there)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
-import sqlite3
+import secrets
 import stat
 import subprocess
 import sys
@@ -14,11 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from alembic.script import ScriptDirectory
 from jose import jwt
+from sqlalchemy.engine import make_url
 
 from rewardpoints.cli import migrations_dir
 from rewardpoints.models import metadata
@@ -47,19 +51,51 @@ def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Completed
     )
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
+async def _execute(url: str, statement: str, *args: Any) -> list[asyncpg.Record]:
+    parsed = make_url(url)
+    conn = await asyncpg.connect(
+        host=parsed.host or "127.0.0.1",
+        port=parsed.port or 5432,
+        user=parsed.username or "postgres",
+        password=parsed.password,
+        database=parsed.database or "postgres",
+        timeout=10,
+    )
+    try:
+        return list(await conn.fetch(statement, *args))
+    finally:
+        await conn.close()
 
 
-def table_names(path: Path) -> set[str]:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+def query(url: str, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in asyncio.run(_execute(url, statement, *args))]
+
+
+@contextlib.contextmanager
+def empty_database(pg_server_url: str) -> Iterator[str]:
+    """A database of its own on the server, with nothing in it yet (not even the schema),
+    dropped afterwards."""
+    name = f"rp_cli_{os.getpid()}_{secrets.token_hex(4)}"
+    query(pg_server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(pg_server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        query(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh_db(pg_server_url: str) -> Iterator[str]:
+    with empty_database(pg_server_url) as url:
+        yield url
+
+
+def table_names(url: str) -> set[str]:
+    rows = query(url, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
     return {name for (name,) in rows}
 
 
-def schema_version(path: Path) -> list[str]:
-    with contextlib.closing(sqlite3.connect(path)) as db:
-        return [version for (version,) in db.execute("SELECT version_num FROM alembic_version")]
+def schema_version(url: str) -> list[str]:
+    return [version for (version,) in query(url, "SELECT version_num FROM alembic_version")]
 
 
 def head_revision() -> str:
@@ -76,35 +112,33 @@ def claims_of(token: str, secret: str) -> dict[str, object]:
 # ---- migrate ------------------------------------------------------------------------------
 
 
-def test_migrate_creates_the_schema_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
-    database = tmp_path / "fresh.db"
-    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=sqlite_url(database))
+def test_migrate_creates_the_schema_in_an_empty_database(tmp_path: Path, fresh_db: str) -> None:
+    assert table_names(fresh_db) == set()
+    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=fresh_db)
 
     result = run(["migrate"], env, tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert set(metadata.tables) | {"alembic_version"} <= table_names(database)
-    assert schema_version(database) == [head_revision()]
+    assert set(metadata.tables) | {"alembic_version"} <= table_names(fresh_db)
+    assert schema_version(fresh_db) == [head_revision()]
 
 
-def test_migrate_twice_is_harmless_and_keeps_the_data(tmp_path: Path) -> None:
-    database = tmp_path / "fresh.db"
-    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=sqlite_url(database))
+def test_migrate_twice_is_harmless_and_keeps_the_data(tmp_path: Path, fresh_db: str) -> None:
+    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=fresh_db)
     assert run(["migrate"], env, tmp_path).returncode == 0
-    with contextlib.closing(sqlite3.connect(database)) as db, db:
-        db.execute(
-            "INSERT INTO accounts (tenant, customer_id, created_at) "
-            "VALUES ('acme', 'c1', '2030-01-01 00:00:00.000000')"
-        )
-    tables = table_names(database)
+    query(
+        fresh_db,
+        "INSERT INTO accounts (tenant, customer_id, created_at) "
+        "VALUES ('acme', 'c1', '2030-01-01 00:00:00+00')",
+    )
+    tables = table_names(fresh_db)
 
     again = run(["migrate"], env, tmp_path)
 
     assert again.returncode == 0, again.stderr
-    assert table_names(database) == tables
-    assert schema_version(database) == [head_revision()]
-    with contextlib.closing(sqlite3.connect(database)) as db:
-        assert db.execute("SELECT tenant, customer_id FROM accounts").fetchall() == [("acme", "c1")]
+    assert table_names(fresh_db) == tables
+    assert schema_version(fresh_db) == [head_revision()]
+    assert query(fresh_db, "SELECT tenant, customer_id FROM accounts") == [("acme", "c1")]
 
 
 # ---- token --------------------------------------------------------------------------------
@@ -187,7 +221,7 @@ def test_module_entry_point_prints_help(tmp_path: Path) -> None:
 class Served:
     base: str
     home: Path
-    database: Path
+    database_url: str
     log: Path
     env: dict[str, str]
 
@@ -239,21 +273,20 @@ def serve(home: Path, env: dict[str, str], timeout: float = 30.0) -> Iterator[st
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One server for the module: no key configured, on an SQLite file that does not exist
-    yet."""
+def served(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One server for the module: no key configured, on a database with no schema yet."""
     home = tmp_path_factory.mktemp("serve")
-    database = home / "fresh.db"
-    env = clean_env(home, REWARDPOINTS_DATABASE_URL=sqlite_url(database))
-    assert not database.exists()
-    with serve(home, env) as base:
-        yield Served(base, home, database, home / "serve.log", env)
+    with empty_database(pg_server_url) as database_url:
+        env = clean_env(home, REWARDPOINTS_DATABASE_URL=database_url)
+        assert table_names(database_url) == set()
+        with serve(home, env) as base:
+            yield Served(base, home, database_url, home / "serve.log", env)
 
 
 @pytest.mark.slow
 def test_serve_applies_pending_migrations_before_serving(served: Served) -> None:
-    assert set(metadata.tables) <= table_names(served.database)
-    assert schema_version(served.database) == [head_revision()]
+    assert set(metadata.tables) <= table_names(served.database_url)
+    assert schema_version(served.database_url) == [head_revision()]
     assert httpx.get(f"{served.base}/health/ready", timeout=10).status_code == 200
 
 

@@ -36,7 +36,7 @@ async def test_reads_sent_together_each_get_their_own_customers_balance(
             _path(customer) + "/addPoints", json={"points": number + 1}, headers=headers
         )
         assert added.status_code == 201
-    reads = app.state.ledger._balances
+    reads = app.state.ledger.balances
     statements_before, reads_before = reads.statements, reads.requests
 
     asked = [customers[(7 * i) % 40] for i in range(200)] + ["nobody", "c40", "c 1"]
@@ -88,7 +88,7 @@ async def test_a_cancelled_read_leaves_the_others_answered(
     for customer, points in (("a", 3), ("b", 5)):
         await client.post(_path(customer) + "/addPoints", json={"points": points}, headers=headers)
     ledger = app.state.ledger
-    reads = ledger._balances
+    reads = ledger.balances
     sent_before = reads.statements
     tasks = [asyncio.create_task(ledger.balance(tenant, customer)) for customer in ["a", "b"] * 10]
     await asyncio.sleep(0)  # queued, not sent yet
@@ -106,7 +106,7 @@ async def test_a_cancelled_read_leaves_the_others_answered(
         else:
             assert result == (3 if number % 2 == 0 else 5)
     # Nothing is left waiting, and the next reads are answered.
-    assert ledger._balances._pending == []
+    assert ledger.balances._pending == []
     assert (await client.get(_path("b"), headers=headers)).json() == 5
 
 

@@ -1,6 +1,6 @@
 """Concurrent writes against a real ``rewardpoints serve``: no point is spent twice, no update
-is lost, and every ``allPointsAfterCreation`` is a true running balance. PostgreSQL is served
-by two worker processes, SQLite by one."""
+is lost, and every ``allPointsAfterCreation`` is a true running balance. The server runs two
+worker processes."""
 
 from __future__ import annotations
 
@@ -22,22 +22,15 @@ BASE = "/reward-points"
 Headers = dict[str, str]
 
 
-@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """One server per database for the whole module: PostgreSQL with two workers, SQLite with
-    one (SQLite serialises writers anyway)."""
+@pytest.fixture(scope="module")
+def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One server with two workers for the whole module."""
     workdir = tmp_path_factory.mktemp("server")
-    if request.param == "postgresql":
-        database_url, workers = str(request.getfixturevalue("pg_url")), 2
-    else:
-        database_url, workers = f"sqlite+aiosqlite:///{workdir / 'rewardpoints.db'}", 1
-    env = {"REWARDPOINTS_DATABASE_URL": database_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
     with contextlib.ExitStack() as stack:
         # The server reads `.env` from its working directory: start it where there is none.
         with contextlib.chdir(workdir):
-            base = stack.enter_context(running_server(env, workers=workers))
+            base = stack.enter_context(running_server(env, workers=2))
         yield base
 
 

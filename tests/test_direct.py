@@ -97,7 +97,7 @@ async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(
     assert (
         await client.post(f"{path}/addPoints", json={"points": 10}, headers=headers)
     ).status_code == 201
-    gate = app.state.ledger._direct.gate
+    gate = app.state.ledger.direct.gate
 
     async with contextlib.AsyncExitStack() as stack:
         for _ in range(gate.capacity):  # every turn of the customer taken

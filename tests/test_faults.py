@@ -1,13 +1,11 @@
 """Faults against real ``rewardpoints serve`` processes on loopback.
 
-- A worker killed with SIGKILL in the middle of a burst of keyed adds and redeems (PostgreSQL,
-  two workers, restarted by uvicorn's supervisor), and the whole server killed and started
-  again on its SQLite file.
+- A worker killed with SIGKILL in the middle of a burst of keyed adds and redeems (two
+  workers, restarted by uvicorn's supervisor).
 - PostgreSQL under load: the service's connections terminated again and again, and a
   throwaway PostgreSQL server crashed and restarted (``pg_ctl restart -m immediate``).
-- One customer's lock held elsewhere: by an open transaction, by a stopped (SIGSTOP) worker,
-  and SQLite's write lock held by another process; and requests for a locked customer
-  holding every pooled connection.
+- One customer's lock held elsewhere: by an open transaction and by a stopped (SIGSTOP)
+  worker; and requests for a locked customer holding every pooled connection.
 
 After each fault every write is retried with its Idempotency-Key until it has an answer, and
 then: every answer is replayed the same, no acknowledged write is lost, none is applied twice,
@@ -23,12 +21,10 @@ import os
 import random
 import secrets
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -490,34 +486,6 @@ async def test_a_worker_killed_mid_burst_loses_no_acknowledged_write_and_repeats
     outcome("kill -9 worker, postgresql", writes, started)
 
 
-async def test_a_server_killed_mid_burst_and_restarted_on_its_sqlite_file_loses_nothing(
-    tmp_path: Path, headers: Headers
-) -> None:
-    started = time.monotonic()
-    env = server_env(f"sqlite+aiosqlite:///{tmp_path / 'rewardpoints.db'}")
-    customers = [f"c{index}" for index in range(8)]
-    writes = funding(customers) + burst(customers, 200, seed=2)
-    async with http_client() as http:
-        with server_process(env) as server:
-            await fund(http, server.base, headers, writes[:8])
-
-            def kill_the_server(finished: int) -> None:
-                if finished == 30:
-                    server.kill()
-
-            await send_all(http, server.base, headers, writes[8:], on_answer=kill_the_server)
-            assert server.process.returncode == -signal.SIGKILL
-
-        dropped = [write for write in writes if write.transport_errors]
-        assert dropped, "the kill cut no request off: the test proved nothing"
-        with server_process(env) as restarted:
-            await settle(http, restarted.base, headers, writes)
-            assert_answers_are_allowed(writes)
-            await check_replays(http, restarted.base, headers, writes)
-            await check_ledger(http, restarted.base, headers, writes)
-    outcome("kill -9 server, sqlite", writes, started)
-
-
 # ---- 2. PostgreSQL failing under load ------------------------------------------------------
 
 
@@ -880,38 +848,3 @@ async def test_a_request_that_gets_no_database_connection_in_time_answers_503(
             await check_replays(http, server.base, headers, writes)
             await check_ledger(http, server.base, headers, writes)
     outcome("connection pool exhausted", writes, started)
-
-
-async def test_sqlite_locked_by_another_process_answers_503_in_bounded_time_and_reads_go_on(
-    tmp_path: Path, headers: Headers
-) -> None:
-    started = time.monotonic()
-    path = tmp_path / "rewardpoints.db"
-    writes = funding(["x", "a"])
-    blocked = [
-        make_write(customer, action, 3, f"{customer}{action}", body_id=customer == "x")
-        for customer in ("x", "a")
-        for action in ("addPoints", "redeemPoints")
-    ]
-    with server_process(server_env(f"sqlite+aiosqlite:///{path}", lock_timeout_ms=1000)) as server:
-        async with http_client() as http:
-            await fund(http, server.base, headers, writes)
-            # SQLite has one write lock for the whole file: every write waits for it.
-            holder = sqlite3.connect(path, isolation_level=None)
-            try:
-                holder.execute("BEGIN IMMEDIATE")
-                await check_lock_held(http, server.base, headers, blocked, [], 1.0)
-                holder.execute("ROLLBACK")
-            finally:
-                holder.close()
-            writes += blocked
-            await settle(http, server.base, headers, writes)
-            for write in blocked:
-                assert (
-                    write.final and write.final.status,
-                    write.final and write.final.replayed,
-                ) == (201, False)
-            assert_answers_are_allowed(writes)
-            await check_replays(http, server.base, headers, writes)
-            await check_ledger(http, server.base, headers, writes)
-    outcome("sqlite write lock held elsewhere", writes, started)

@@ -1,8 +1,8 @@
 """Fuzzing with schemathesis: whatever a client sends, the service never answers 5xx, and every
 answer is one its OpenAPI document lists, in the shape the document gives. Three targets:
 
-- the service's own document (``app.openapi()``), in-process through the ASGI app, on
-  PostgreSQL and on SQLite, with valid (positive) and invalid (negative) requests;
+- the service's own document (``app.openapi()``), in-process through the ASGI app, with valid
+  (positive) and invalid (negative) requests;
 - the same document over HTTP against a real ``rewardpoints serve``, a bounded number of cases;
 - Emporix's own spec, for its "Reward Points Management" operations, against this service.
 
@@ -60,7 +60,7 @@ EMPORIX_SPEC = Path(
     or Path(__file__).resolve().parents[2] / "shared/reference/emporix-reward-points-openapi.yml"
 )
 
-# Examples per operation and database in the fuzzing phase; schemathesis adds the schema's
+# Examples per operation in the fuzzing phase; schemathesis adds the schema's
 # examples and its coverage cases (boundaries, missing and wrong-typed fields) on top.
 IN_PROCESS_EXAMPLES = 25
 HTTP_EXAMPLES = 15
@@ -74,7 +74,7 @@ REJECTIONS = ["400", "401", "403", "404", "409", "413"]
 # The document the service serves, built as app.openapi() builds it. Building it opens no
 # database: the engine connects on first use, and this app is never used.
 DOCUMENT: dict[str, Any] = create_app(
-    make_settings("sqlite+aiosqlite:///never-opened.db")
+    make_settings("postgresql+asyncpg://never-opened@127.0.0.1:1/never-opened")
 ).openapi()
 
 # A fresh tenant per target, so the targets never see each other's data.
@@ -256,17 +256,11 @@ def test_every_answer_of_the_service_is_one_its_document_gives(
 # ---- the service's own document, over HTTP ---------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A real ``rewardpoints serve`` per database, serving the same document."""
+@pytest.fixture(scope="module")
+def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``rewardpoints serve``, serving the same document."""
     workdir = tmp_path_factory.mktemp("fuzz-server")
-    if request.param == "postgresql":
-        database_url = str(request.getfixturevalue("pg_url"))
-    else:
-        database_url = f"sqlite+aiosqlite:///{workdir / 'rewardpoints.db'}"
-    env = {"REWARDPOINTS_DATABASE_URL": database_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
     with contextlib.ExitStack() as stack:
         # The server reads `.env` from its working directory: start it where there is none.
         with contextlib.chdir(workdir):

@@ -90,17 +90,11 @@ async def assert_unchanged(
 # ---- against a real server: the size of the headers and of the path --------------------------
 
 
-@pytest.fixture(scope="module", params=["postgresql", "sqlite"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """``rewardpoints serve`` per database: the limits must hold behind the real HTTP server."""
+@pytest.fixture(scope="module")
+def server(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``rewardpoints serve``: the limits must hold behind the real HTTP server."""
     workdir = tmp_path_factory.mktemp("hardening-server")
-    if request.param == "postgresql":
-        database_url = str(request.getfixturevalue("pg_url"))
-    else:
-        database_url = f"sqlite+aiosqlite:///{workdir / 'rewardpoints.db'}"
-    env = {"REWARDPOINTS_DATABASE_URL": database_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+    env = {"REWARDPOINTS_DATABASE_URL": pg_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
     with contextlib.ExitStack() as stack:
         # The server reads `.env` from its working directory: start it where there is none.
         with contextlib.chdir(workdir):

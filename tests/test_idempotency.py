@@ -244,9 +244,7 @@ async def test_one_body_id_with_different_contents_at_once_writes_one_of_them(
     # An id names one entry per customer: one winner on each of the three.
     assert sorted(r.status_code for r in answers) == [201] * 3 + [409] * 7
     for customer in range(3):
-        winners = [
-            n for n, r in enumerate(answers) if r.status_code == 201 and n % 3 == customer
-        ]
+        winners = [n for n, r in enumerate(answers) if r.status_code == 201 and n % 3 == customer]
         assert len(winners) == 1
         assert await balance(client, headers, f"c{customer}") == 10 + winners[0]
 

@@ -1,7 +1,8 @@
-"""The migrations on both databases: lots written before revision 0005 keep their points and get
-the right ``used_up`` flag, the ledger reads and spends them after the upgrade, and the
-revision can be undone and redone; revision 0007's index is built (again, over what an
-interrupted build left), undone and redone."""
+"""The migrations: lots written before revision 0005 keep their points and get the right
+``used_up`` flag, the ledger reads and spends them after the upgrade, and the revision can be
+undone and redone; revision 0007's index is built (again, over what an interrupted build left),
+undone and redone; revision 0010 moves the entries to ids per customer; and a migrated
+database's functions are the package's sources (src/rewardpoints/sql/)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,25 @@ import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import insert, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+import rewardpoints
 from rewardpoints.cli import migrations_dir
 from rewardpoints.db import create_engine
-from rewardpoints.documents import dumps, summary_json
+from rewardpoints.documents import dumps
 from rewardpoints.errors import InsufficientPoints
-from rewardpoints.ledger import Ledger, NewRedemption, utcnow
+from rewardpoints.ledger import Ledger, NewRedemption
 from rewardpoints.models import accounts, lots
 
 from .conftest import _admin, make_settings
+from .support import summary_from_tables
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 _PG_INDEX_DEFINITION = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_lots_customer_open'"
@@ -39,13 +43,10 @@ def _alembic(url: str) -> Config:
     return config
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture
+def empty_url(pg_server_url: str) -> Iterator[str]:
     """A database with no schema at all."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'migrations.db'}"
-        return
-    server = request.getfixturevalue("pg_server_url")
+    server = pg_server_url
     name = f"rp_migrations_{secrets.token_hex(4)}"
     asyncio.run(_admin(server, f'CREATE DATABASE "{name}"'))
     try:
@@ -111,30 +112,22 @@ async def _open_lots_after_downgrade(url: str) -> int:
     engine = _engine(url)
     try:
         async with engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                definition = (
-                    await conn.execute(
-                        text("SELECT sql FROM sqlite_master WHERE name = 'ix_lots_customer_open'")
-                    )
-                ).scalar_one()
-                assert "used_points < points" in definition
-            else:
-                definition = (await conn.execute(text(_PG_INDEX_DEFINITION))).scalar_one()
-                assert "(used_points < points)" in definition
-                outcome = (
-                    await conn.execute(
-                        text(
-                            "SELECT outcome, available FROM rewardpoints_redeem("
-                            "'t', 'c', 'r-down', true, 'd', 5, 'h', NULL)"
-                        )
-                    )
-                ).one()
-                assert tuple(outcome) == ("redeemed", 20)
-                await conn.execute(text("DELETE FROM lot_usages WHERE redemption_id = 'r-down'"))
-                await conn.execute(text("DELETE FROM redemptions WHERE id = 'r-down'"))
+            definition = (await conn.execute(text(_PG_INDEX_DEFINITION))).scalar_one()
+            assert "(used_points < points)" in definition
+            outcome = (
                 await conn.execute(
-                    text("UPDATE lots SET used_points = used_points - 5 WHERE id = 'lot3'")
+                    text(
+                        "SELECT outcome, available FROM rewardpoints_redeem("
+                        "'t', 'c', 'r-down', true, 'd', 5, 'h', NULL)"
+                    )
                 )
+            ).one()
+            assert tuple(outcome) == ("redeemed", 20)
+            await conn.execute(text("DELETE FROM lot_usages WHERE redemption_id = 'r-down'"))
+            await conn.execute(text("DELETE FROM redemptions WHERE id = 'r-down'"))
+            await conn.execute(
+                text("UPDATE lots SET used_points = used_points - 5 WHERE id = 'lot3'")
+            )
             open_points = await conn.execute(
                 text("SELECT SUM(points - used_points) FROM lots WHERE used_points < points")
             )
@@ -145,7 +138,7 @@ async def _open_lots_after_downgrade(url: str) -> int:
 
 async def _spend(url: str, points: int) -> int:
     """Redeem ``points`` through the ledger and return the balance left."""
-    ledger = Ledger(_engine(url), make_settings(url).sites(), utcnow)
+    ledger = Ledger(_engine(url), make_settings(url).sites())
     try:
         await ledger.redeem_points("t", "c", NewRedemption(points=points))
         return await ledger.balance("t", "c")
@@ -187,14 +180,11 @@ async def _order_index(url: str) -> str | None:
     engine = _engine(url)
     try:
         async with engine.connect() as conn:
-            if conn.dialect.name == "sqlite":
-                query = "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = :name"
-            else:
-                query = (
-                    "SELECT indexdef FROM pg_indexes i JOIN pg_class c ON c.relname = i.indexname"
-                    " JOIN pg_index x ON x.indexrelid = c.oid"
-                    " WHERE i.indexname = :name AND x.indisvalid"
-                )
+            query = (
+                "SELECT indexdef FROM pg_indexes i JOIN pg_class c ON c.relname = i.indexname"
+                " JOIN pg_index x ON x.indexrelid = c.oid"
+                " WHERE i.indexname = :name AND x.indisvalid"
+            )
             found = (await conn.execute(text(query), {"name": _ORDER_INDEX})).scalar_one_or_none()
             return None if found is None else str(found)
     finally:
@@ -216,11 +206,10 @@ def test_revision_0007_indexes_each_lots_usages_in_used_with_order_and_can_be_un
     config = _alembic(empty_url)
     command.upgrade(config, "0006")
     assert asyncio.run(_order_index(empty_url)) is None
-    if empty_url.startswith("postgresql"):
-        # What an interrupted concurrent build leaves behind (here: a wrong one) is rebuilt.
-        asyncio.run(_execute(empty_url, f"CREATE INDEX {_ORDER_INDEX} ON lot_usages (tenant)"))
+    # What an interrupted concurrent build leaves behind (here: a wrong one) is rebuilt.
+    asyncio.run(_execute(empty_url, f"CREATE INDEX {_ORDER_INDEX} ON lot_usages (tenant)"))
 
-    command.upgrade(config, "head")
+    command.upgrade(config, "0007")
     definition = asyncio.run(_order_index(empty_url))
     assert definition is not None
     assert "(tenant, lot_id, created_at, redemption_id)" in definition
@@ -228,63 +217,64 @@ def test_revision_0007_indexes_each_lots_usages_in_used_with_order_and_can_be_un
     command.downgrade(config, "0006")
     assert asyncio.run(_order_index(empty_url)) is None
     command.upgrade(config, "head")
-    assert asyncio.run(_order_index(empty_url)) is not None
+    definition = asyncio.run(_order_index(empty_url))
+    assert definition is not None
+    assert "(tenant, customer_id, lot_id, created_at, redemption_id)" in definition
 
 
 async def _stored_items(url: str) -> dict[str, str | None]:
-    """Each lot's stored summary item, and (as ``expected:<id>``) its item as the ledger's
-    Python code writes it."""
-    ledger = Ledger(_engine(url), make_settings(url).sites(), utcnow)
+    """Each lot's stored summary item, and (as ``expected:<id>``) its item as the tests'
+    oracle writes it."""
+    engine = _engine(url)
     try:
-        async with ledger.engine.connect() as conn:
+        async with engine.connect() as conn:
             rows = await conn.execute(text("SELECT id, summary_item FROM lots ORDER BY id"))
             stored: dict[str, str | None] = {row[0]: row[1] for row in rows}
-        listed = summary_json(await ledger.summary("t", "c"))["summary"]["addedPointsList"]
-        for lot in listed:
+            summary = await summary_from_tables(conn, "t", "c", datetime.now(UTC))
+        for lot in summary["summary"]["addedPointsList"]:
             stored[f"expected:{lot['id']}"] = dumps(lot).decode()
         return stored
     finally:
-        await ledger.engine.dispose()
+        await engine.dispose()
 
 
 def test_revision_0008_stores_the_used_up_lots_items_and_can_be_undone(empty_url: str) -> None:
     config = _alembic(empty_url)
     command.upgrade(config, "0007")
     asyncio.run(_seed_at_0004(empty_url))  # lot1 10 of 10 used, lot2 5 of 20, lot3 0 of 30
-    on_pg = empty_url.startswith("postgresql")
 
     command.upgrade(config, "head")
     items = asyncio.run(_stored_items(empty_url))
-    assert items["lot1"] == (items["expected:lot1"] if on_pg else None)
+    assert items["lot1"] == items["expected:lot1"]
     assert items["lot2"] is None and items["lot3"] is None
     assert '"usedPoints":10,' in items["expected:lot1"]  # type: ignore[operator]
 
     # Spending 15 finishes lot2 (FIFO): the redemption stores its item, usedWith and all.
     assert asyncio.run(_spend(empty_url, 15)) == 30
     items = asyncio.run(_stored_items(empty_url))
-    assert items["lot2"] == (items["expected:lot2"] if on_pg else None)
+    assert items["lot2"] == items["expected:lot2"]
     assert '"usedPoints":20,' in items["expected:lot2"]  # type: ignore[operator]
     assert items["lot3"] is None
 
     command.downgrade(config, "0007")
     assert not asyncio.run(_has_column(empty_url, "summary_item"))
-    if on_pg:
-        assert asyncio.run(_functions(empty_url)) == ["rewardpoints_add", "rewardpoints_redeem"]
-    # Revision 0007's functions and code spend without the column.
-    assert asyncio.run(_spend(empty_url, 30)) == 0
+    assert asyncio.run(_functions(empty_url)) == ["rewardpoints_add", "rewardpoints_redeem"]
+    # Revision 0007's functions spend without the column.
+    asyncio.run(
+        _execute(
+            empty_url,
+            "SELECT rewardpoints_redeem('t', 'c', 'r-0007', true, 'd', 30, 'h', NULL)",
+        )
+    )
 
+    command.upgrade(config, "0009")  # the fill, a few of the table's keys at a time
+    for batch in (1, 2, 3):
+        assert asyncio.run(_fill_again(empty_url, batch)) == 3
     command.upgrade(config, "head")
     items = asyncio.run(_stored_items(empty_url))
     for lot in ("lot1", "lot2", "lot3"):
-        assert items[lot] == (items[f"expected:{lot}"] if on_pg else None)
+        assert items[lot] == items[f"expected:{lot}"]
     assert '"usedPoints":30,' in items["expected:lot3"]  # type: ignore[operator]
-
-    if on_pg:  # the upgrade's fill, a few of the table's keys at a time
-        for batch in (1, 2, 3):
-            assert asyncio.run(_fill_again(empty_url, batch)) == 3
-        items = asyncio.run(_stored_items(empty_url))
-        for lot in ("lot1", "lot2", "lot3"):
-            assert items[lot] == items[f"expected:{lot}"]
 
 
 async def _functions(url: str) -> list[str]:
@@ -319,3 +309,103 @@ async def _fill_again(url: str, batch: int) -> int:
             return int(filled.scalar_one())
     finally:
         await engine.dispose()
+
+
+# ---- revision 0010: ids per customer, and the functions' one source --------------------------
+
+SOURCES = Path(rewardpoints.__file__).with_name("sql")
+
+
+async def _function_definitions(conn: AsyncConnection) -> dict[str, str]:
+    rows = await conn.execute(
+        text(
+            "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'public' AND p.proname LIKE 'rewardpoints%'"
+        )
+    )
+    return {row[0]: row[1] for row in rows}
+
+
+async def _installed_and_sources(url: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The functions of the database at ``url``, and the same after the package's sources
+    were run over them (in a transaction rolled back after)."""
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            installed = await _function_definitions(conn)
+            for source in sorted(SOURCES.glob("*.sql")):
+                await conn.execute(text(source.read_text()))
+            from_sources = await _function_definitions(conn)
+            await conn.rollback()
+        return installed, from_sources
+    finally:
+        await engine.dispose()
+
+
+def test_a_migrated_database_runs_the_functions_of_the_package_sources(pg_url: str) -> None:
+    """A rule changes in one file plus one migration: this fails when the newest migration
+    installs other functions than src/rewardpoints/sql/ holds, or the files add one."""
+    installed, from_sources = asyncio.run(_installed_and_sources(pg_url))
+    names = sorted(path.stem for path in SOURCES.glob("*.sql"))
+    assert sorted({signature.split("(")[0] for signature in installed}) == names
+    assert installed == from_sources
+
+
+async def _seed_at_0009(url: str) -> None:
+    """Customer c with lots l1 (spent by r1) and l2, a coupon for r1; customer d with lot d1."""
+    statements = [
+        "INSERT INTO accounts (tenant, customer_id, created_at) VALUES ('t', 'c', now()),"
+        " ('t', 'd', now())",
+        "SELECT rewardpoints_add('t', 'c', 'l1', true, NULL, 'x', 10, NULL, 36, 'h1', NULL)",
+        "SELECT rewardpoints_add('t', 'c', 'l2', true, NULL, 'x', 10, NULL, 36, 'h2', NULL)",
+        "SELECT rewardpoints_add('t', 'd', 'd1', true, NULL, 'x', 7, NULL, 36, 'h3', NULL)",
+        "SELECT rewardpoints_redeem('t', 'c', 'r1', true, 'y', 10, 'h4', NULL)",
+        "INSERT INTO coupons (tenant, code, customer_id, redemption_id, redeem_option_id,"
+        " site_code, body, created_at) VALUES ('t', 'RP1', 'c', 'r1', 'o', 'main', '{}', now())",
+    ]
+    for statement in statements:
+        await _execute(url, statement)
+
+
+async def _rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    engine = _engine(url)
+    try:
+        async with engine.connect() as conn:
+            return [tuple(row) for row in await conn.execute(text(query))]
+    finally:
+        await engine.dispose()
+
+
+def test_revision_0010_keys_entries_by_customer_and_can_be_undone(empty_url: str) -> None:
+    config = _alembic(empty_url)
+    command.upgrade(config, "0009")
+    asyncio.run(_seed_at_0009(empty_url))
+
+    command.upgrade(config, "head")
+    usages = asyncio.run(
+        _rows(empty_url, "SELECT customer_id, lot_id, redemption_id FROM lot_usages")
+    )
+    assert usages == [("c", "l1", "r1")]
+    # The same id on another customer is now an entry of its own; the coupon stays its
+    # redemption's and goes with it.
+    assert asyncio.run(_spend(empty_url, 5)) == 5
+    ledger_ids = "SELECT customer_id, id FROM lots ORDER BY customer_id, id"
+    before = asyncio.run(_rows(empty_url, ledger_ids))
+    asyncio.run(
+        _execute(
+            empty_url,
+            "SELECT rewardpoints_add('t', 'd', 'l1', true, NULL, 'x', 3, NULL, 36, 'h5')",
+        )
+    )
+    assert asyncio.run(_rows(empty_url, ledger_ids)) == sorted([*before, ("d", "l1")])
+    with pytest.raises(Exception, match="shared by two customers"):
+        command.downgrade(config, "0009")
+
+    asyncio.run(_execute(empty_url, "DELETE FROM lots WHERE customer_id = 'd' AND id = 'l1'"))
+    command.downgrade(config, "0009")
+    kept = "SELECT lot_id FROM lot_usages WHERE redemption_id = 'r1'"
+    assert asyncio.run(_rows(empty_url, kept)) == [("l1",)]
+    command.upgrade(config, "head")
+    asyncio.run(_execute(empty_url, "DELETE FROM redemptions WHERE id = 'r1'"))
+    assert asyncio.run(_rows(empty_url, "SELECT code FROM coupons")) == []

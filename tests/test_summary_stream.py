@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from rewardpoints.app import create_app
 from rewardpoints.documents import _streamed_document, summary_document
 from rewardpoints.errors import CustomerNotFound
 
-from .conftest import TEST_SECRET, bearer, ledger_of, make_settings, served, token
+from .conftest import TEST_SECRET, bearer, documents_of, make_settings, served, token
 from .support import (
     FakeClock,
     busy_connections,
@@ -115,8 +114,8 @@ async def test_a_customer_deleted_before_its_stream_begins_is_not_found(
     pg_url: str, tenant: str
 ) -> None:
     """Counted as long, then erased before the stream's own snapshot: a 404, not a broken 200."""
-    async with ledger_of(pg_url) as ledger:
-        parts = _streamed_document(ledger, tenant, "erased", datetime.now(UTC))
+    async with documents_of(pg_url) as docs:
+        parts = _streamed_document(docs.engine, tenant, "erased")
         with pytest.raises(CustomerNotFound):
             await anext(parts)
 
@@ -127,14 +126,14 @@ async def test_a_summary_closed_half_way_gives_its_connection_up_at_once(
     """What the response does when its client goes away: by the time closing the summary has
     returned, its connection is no longer checked out (and the next summary gets one)."""
     await load_long_history(pg_url, tenant, lots=12_000, used=2_000)
-    async with ledger_of(pg_url, summary_stream_entries=100) as ledger:
-        parts = summary_document(ledger, tenant, "long")
+    async with documents_of(pg_url, summary_stream_entries=100) as docs:
+        parts = summary_document(docs, tenant, "long")
         await anext(parts)
         await anext(parts)
-        assert ledger.engine.pool.checkedout() == 1
+        assert docs.engine.pool.checkedout() == 1
         await parts.aclose()
-        assert ledger.engine.pool.checkedout() == 0
-        again = b"".join([part async for part in summary_document(ledger, tenant, "long")])
+        assert docs.engine.pool.checkedout() == 0
+        again = b"".join([part async for part in summary_document(docs, tenant, "long")])
     assert len(json.loads(again)["summary"]["addedPointsList"]) == 12_000
 
 
@@ -158,7 +157,7 @@ async def test_a_streamed_summary_is_the_customer_as_of_one_moment(
     transport = httpx.ASGITransport(app=application)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            parts = summary_document(application.state.ledger, tenant, "long")
+            parts = summary_document(application.state.documents, tenant, "long")
             received = [await anext(parts), await anext(parts)]
             assert received[0].startswith(b'{"customerId":"long","activePoints":100000,')
             # The lots' rows are ~3 MB, more than is read ahead: the COPY of the lots is under
@@ -263,7 +262,7 @@ async def test_a_summary_finding_every_stream_taken_is_built_whole(
     transport = httpx.ASGITransport(app=application)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-            parts = summary_document(application.state.ledger, tenant, "long")
+            parts = summary_document(application.state.documents, tenant, "long")
             received = [await anext(parts), await anext(parts)]
             meanwhile = await http.get(path, headers=headers)
             received += [part async for part in parts]

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, expect, sync_playwright
 
-from .conftest import TEST_SECRET
+from .conftest import TEST_SECRET, fresh_database
 from .support import running_server
 
 pytestmark = pytest.mark.browser
@@ -62,22 +62,20 @@ def cli_token(env: dict[str, str], cwd: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """A real server on an SQLite file, with one customer holding POINTS."""
+def service(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A real server on a fresh PostgreSQL database, with one customer holding POINTS."""
     directory = tmp_path_factory.mktemp("swagger-ui")
-    env = {
-        "REWARDPOINTS_DATABASE_URL": f"sqlite+aiosqlite:///{directory / 'rewardpoints.db'}",
-        "REWARDPOINTS_JWT_SECRET": TEST_SECRET,
-    }
-    with running_server(env) as base:
-        token = cli_token(env, directory)
-        seeded = httpx.post(
-            f"{base}/reward-points/customer/{CUSTOMER}/addPoints",
-            json={"points": POINTS},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert seeded.status_code == 201, seeded.text
-        yield Service(base, token)
+    with fresh_database(pg_server_url) as database_url:
+        env = {"REWARDPOINTS_DATABASE_URL": database_url, "REWARDPOINTS_JWT_SECRET": TEST_SECRET}
+        with running_server(env) as base:
+            token = cli_token(env, directory)
+            seeded = httpx.post(
+                f"{base}/reward-points/customer/{CUSTOMER}/addPoints",
+                json={"points": POINTS},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert seeded.status_code == 201, seeded.text
+            yield Service(base, token)
 
 
 @pytest.fixture(scope="module")
