@@ -22,7 +22,7 @@ run: install
 system-deps:
 	scripts/system-deps
 
-## The whole suite, on PostgreSQL and SQLite.
+## The whole suite.
 test: install system-deps
 	$(BIN)/pytest
 
