@@ -19,7 +19,7 @@ import httpx
 import pytest
 from starlette.types import Message
 
-from rewardpoints.api.deps import get_ledger
+from rewardpoints.api.deps import get_documents, get_ledger
 from rewardpoints.app import create_app
 from rewardpoints.config import Settings
 
@@ -352,6 +352,7 @@ async def routes_refusing(settings: Settings, clock: FakeClock) -> AsyncIterator
         raise RuntimeError("the route was reached")
 
     app.dependency_overrides[get_ledger] = no_ledger
+    app.dependency_overrides[get_documents] = no_ledger
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         yield client
