@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 from .config import Settings
+from .embedded import EmbeddedClusterError
 
 log = logging.getLogger("rewardpoints")
 
@@ -20,10 +26,30 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "migrations"
 
 
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The configured database's URL, or the embedded cluster's while it is in use."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from .embedded import embedded_cluster
+
+    data_dir = settings.data_dir.expanduser().absolute()
+    log.info(
+        "database: the embedded PostgreSQL in %s (the default; set "
+        "REWARDPOINTS_DATABASE_URL to use another)",
+        data_dir,
+    )
+    with embedded_cluster(data_dir) as url:
+        yield url
+
+
 def migrate(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
 
+    if settings.database_url is None:
+        raise ValueError("migrate needs a database URL; main() starts the embedded cluster")
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["database_url"] = settings.database_url
@@ -115,9 +141,24 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, level, logging.INFO), format="%(levelname)s %(name)s: %(message)s"
     )
     settings = Settings()
-    if args.command == "serve":
-        return _serve(args, settings)
-    if args.command == "migrate":
-        migrate(settings)
-        return 0
-    return _token(args, settings)
+    if args.command == "token":
+        return _token(args, settings)
+    # SIGTERM ends the process the way Ctrl-C does, through the `finally` blocks, so the
+    # embedded cluster is stopped also when it comes before or after uvicorn's own handlers.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with database_url(settings) as url:
+            # uvicorn's workers build the app from Settings() again: they find the URL here.
+            os.environ["REWARDPOINTS_DATABASE_URL"] = url
+            settings = settings.model_copy(update={"database_url": url})
+            if args.command == "serve":
+                return _serve(args, settings)
+            migrate(settings)
+            return 0
+    except EmbeddedClusterError as error:
+        print(f"rewardpoints: {error}", file=sys.stderr)
+        return 2
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)

@@ -63,6 +63,8 @@ async def pause_before_retry(attempt: int) -> None:
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
+    if settings.database_url is None:
+        raise ValueError("no database URL; `rewardpoints serve` sets the embedded cluster's")
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite":
         engine = create_async_engine(
