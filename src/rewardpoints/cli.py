@@ -35,12 +35,12 @@ def database_url(settings: Settings) -> Iterator[str]:
     from .embedded import embedded_cluster
 
     data_dir = settings.data_dir.expanduser().absolute()
-    log.info(
-        "database: the embedded PostgreSQL in %s (the default; set "
-        "REWARDPOINTS_DATABASE_URL to use another)",
-        data_dir,
-    )
     with embedded_cluster(data_dir) as url:
+        log.info(
+            "database: the embedded PostgreSQL in %s (the default; set "
+            "REWARDPOINTS_DATABASE_URL to use another)",
+            data_dir,
+        )
         yield url
 
 
