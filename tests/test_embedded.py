@@ -2,17 +2,21 @@
 ``migrate`` with no database URL, in child processes, on a data directory of their own.
 
 One cluster is made once per module by ``rewardpoints migrate`` (initdb takes seconds); each
-test works on a copy of it (``cp -a``: as root the files belong to the wheel's system user)."""
+test works on a copy of it (``cp -a``: as root the files belong to the wheel's system user).
+The clusters live outside pytest's temporary tree, which another pytest session of the same
+user may prune (it keeps its last three) or make private again (mode 0700) while they run."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,9 +172,24 @@ class Template:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+def clusters() -> Iterator[Path]:
+    """Where this module's data directories go; removed at the end, after shutting down (with
+    SIGINT: PostgreSQL's fast shutdown) any postmaster a failing test left behind."""
+    directory = Path(tempfile.mkdtemp(prefix="rewardpoints-embedded-"))
+    yield directory
+    for pgdata in directory.glob("*/data/pgdata"):
+        for pid in postmasters(pgdata):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGINT)
+        until_no_postmaster(pgdata)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def template(clusters: Path) -> Template:
     """A data directory made by ``rewardpoints migrate`` with no database URL."""
-    home = tmp_path_factory.mktemp("template")
+    home = clusters / "template"
+    home.mkdir()
     data_dir = home / "data"
     result = run(["migrate"], clean_env(home, data_dir), home)
     return Template(data_dir, result)
@@ -185,16 +204,13 @@ class Workspace:
 
 
 @pytest.fixture
-def workspace(template: Template, tmp_path: Path) -> Iterator[Workspace]:
-    """A copy of the template's cluster, stopped, in this test's own directory; a postmaster
-    that a failing test leaves behind is shut down (SIGINT: PostgreSQL's fast shutdown)."""
+def workspace(template: Template, clusters: Path) -> Workspace:
+    """A copy of the template's cluster, stopped, in a directory of this test's own."""
     assert template.migrate.returncode == 0, template.migrate.stderr
-    data_dir = tmp_path / "data"
+    home = Path(tempfile.mkdtemp(dir=clusters))
+    data_dir = home / "data"
     subprocess.run(["cp", "-a", str(template.data_dir), str(data_dir)], check=True)
-    yield Workspace(tmp_path, data_dir, data_dir / "pgdata", clean_env(tmp_path, data_dir))
-    for pid in postmasters(data_dir / "pgdata"):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGINT)
+    return Workspace(home, data_dir, data_dir / "pgdata", clean_env(home, data_dir))
 
 
 def head_revision() -> str:
@@ -256,6 +272,9 @@ def test_serve_keeps_the_data_and_stops_the_cluster_on_sigterm_and_ctrl_c(
     with serve(workspace.env, workspace.home) as server:
         assert balance(server.base, "c1") == 10
         add_points(server.base, "c1", 5)
+        # Out of the terminal's reach: Ctrl-C there must not stop a cluster others may share.
+        [postmaster] = postmasters(workspace.pgdata)
+        assert os.getsid(postmaster) != os.getsid(server.process.pid)
         server.ctrl_c()
     assert "Traceback" not in server.output()
     until_no_postmaster(workspace.pgdata, server)
@@ -300,6 +319,7 @@ def test_a_cluster_left_by_a_killed_serve_is_adopted_with_its_data(
 
     with serve(workspace.env, workspace.home) as server:
         assert balance(server.base, "c1") == 11
+    until_no_postmaster(workspace.pgdata, server)
 
 
 def test_two_serves_share_the_cluster_and_the_last_one_stops_it(workspace: Workspace) -> None:
