@@ -322,6 +322,46 @@ def test_a_cluster_left_by_a_killed_serve_is_adopted_with_its_data(
     until_no_postmaster(workspace.pgdata, server)
 
 
+def uvicorn_workers(supervisor: int) -> list[int]:
+    """The worker processes that uvicorn's supervisor spawned (not its resource tracker)."""
+    workers: list[int] = []
+    for children in Path(f"/proc/{supervisor}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+                    workers.append(int(pid))
+    return workers
+
+
+def test_workers_left_by_a_killed_supervisor_keep_the_cluster_running(
+    workspace: Workspace,
+) -> None:
+    with serve(workspace.env, workspace.home, workers=2) as server:
+        add_points(server.base, "c1", 10)
+        workers = uvicorn_workers(server.process.pid)
+        assert len(workers) == 2
+        [postmaster] = postmasters(workspace.pgdata)
+        server.process.kill()
+        server.process.wait()
+    try:
+        # uvicorn's workers outlive their supervisor and go on serving; another process
+        # using the cluster meanwhile must not stop it under them on its way out.
+        migrated = run(["migrate"], workspace.env, workspace.home)
+        assert migrated.returncode == 0, migrated.stderr
+        assert postmasters(workspace.pgdata) == [postmaster]
+        assert balance(server.base, "c1") == 10
+    finally:
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+    with serve(workspace.env, workspace.home) as adopter:
+        assert postmasters(workspace.pgdata) == [postmaster]
+        assert balance(adopter.base, "c1") == 10
+    until_no_postmaster(workspace.pgdata, adopter)
+
+
 def test_two_serves_share_the_cluster_and_the_last_one_stops_it(workspace: Workspace) -> None:
     with (
         serve(workspace.env, workspace.home) as first,

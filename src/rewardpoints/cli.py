@@ -11,11 +11,17 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from .config import Settings
 from .embedded import EmbeddedClusterError
 
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
 log = logging.getLogger("rewardpoints")
+# Set by `serve --workers N` on the embedded cluster: the file its workers hold a lock on.
+WORKER_CLUSTER_USERS = "REWARDPOINTS_EMBEDDED_CLUSTER_USERS"
 
 
 def migrations_dir() -> Path:
@@ -30,9 +36,10 @@ def migrations_dir() -> Path:
 def database_url(settings: Settings) -> Iterator[str]:
     """The configured database's URL, or the embedded cluster's while it is in use."""
     if settings.database_url is not None:
+        os.environ.pop(WORKER_CLUSTER_USERS, None)
         yield settings.database_url
         return
-    from .embedded import embedded_cluster
+    from .embedded import embedded_cluster, users_file
 
     data_dir = settings.data_dir.expanduser().absolute()
     with embedded_cluster(data_dir) as url:
@@ -41,6 +48,7 @@ def database_url(settings: Settings) -> Iterator[str]:
             "REWARDPOINTS_DATABASE_URL to use another)",
             data_dir,
         )
+        os.environ[WORKER_CLUSTER_USERS] = str(users_file(data_dir))
         yield url
 
 
@@ -68,8 +76,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             "REWARDPOINTS_JWT_JWKS_URL in production",
             settings.dev_secret_file,
         )
+    if args.workers > 1 and os.environ.get(WORKER_CLUSTER_USERS):
+        app = "rewardpoints.cli:create_worker_app"
+    else:
+        app = "rewardpoints.app:create_app"
     uvicorn.run(
-        "rewardpoints.app:create_app",
+        app,
         factory=True,
         host=args.host,
         port=args.port,
@@ -79,6 +91,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one of uvicorn's workers, which uses the embedded cluster as well."""
+    from .app import create_app
+    from .embedded import join_as_worker
+
+    join_as_worker(Path(os.environ[WORKER_CLUSTER_USERS]))
+    return create_app()
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,7 +9,9 @@ The data directory (``REWARDPOINTS_DATA_DIR``) holds:
 The users are counted by the kernel, not by a list of pids: a process's locks go when it
 does, however it ends. So a ``serve`` killed with SIGKILL stops counting at once; the next
 start adopts the postmaster it left running (``postmaster.pid`` names it), and whichever
-process finds no other user on its way out stops the cluster with a clean shutdown.
+process finds no other user on its way out stops the cluster with a clean shutdown. The
+workers of ``serve --workers N`` count too (``join_as_worker``): uvicorn's workers outlive a
+supervisor killed with SIGKILL, and go on serving from the cluster.
 
 As root, the wheel runs PostgreSQL as the system user ``pgserver`` (created with ``useradd``
 if missing), gives it ``pgdata/`` and makes the directories above it traversable for it.
@@ -41,6 +43,9 @@ POSTGRES_MAJOR = 18
 # The wheel runs the server as this user when started as root (PostgreSQL refuses root).
 SYSTEM_USER = "pgserver"
 STOP_TIMEOUT_SECONDS = 60
+USERS_FILE = "cluster.users"
+# The shared locks this process holds as a worker of a `serve` that owns the cluster.
+_worker_locks: list[int] = []
 
 
 class EmbeddedClusterError(Exception):
@@ -67,7 +72,7 @@ def embedded_cluster(data_dir: Path) -> Iterator[str]:
     try:
         fcntl.flock(transition, fcntl.LOCK_EX)
         try:
-            user = _open_lock_file(data_dir, "cluster.users")
+            user = _open_lock_file(data_dir, USERS_FILE)
             fcntl.flock(user, fcntl.LOCK_SH)
             try:
                 url = _start(data_dir, pgdata)
@@ -86,6 +91,20 @@ def embedded_cluster(data_dir: Path) -> Iterator[str]:
                 fcntl.flock(transition, fcntl.LOCK_UN)
     finally:
         os.close(transition)
+
+
+def users_file(data_dir: Path) -> Path:
+    return data_dir.expanduser().absolute() / USERS_FILE
+
+
+def join_as_worker(users: Path) -> None:
+    """Count this process (a worker of the process that holds the cluster) as a user of it,
+    until it exits."""
+    import fcntl
+
+    fd = os.open(users, os.O_RDWR | os.O_CLOEXEC)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _worker_locks.append(fd)
 
 
 def _open_lock_file(data_dir: Path, name: str) -> int:
@@ -108,7 +127,7 @@ def _leave(data_dir: Path, pgdata: Path, user: int) -> None:
     import fcntl
 
     os.close(user)  # releases this process's shared lock
-    probe = _open_lock_file(data_dir, "cluster.users")
+    probe = _open_lock_file(data_dir, USERS_FILE)
     try:
         try:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
