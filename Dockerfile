@@ -3,8 +3,10 @@
 #   docker build -t rewardpoints .
 #   docker run -p 8000:8000 -v rewardpoints-data:/data -e REWARDPOINTS_JWT_SECRET=... rewardpoints
 #
-# With no REWARDPOINTS_DATABASE_URL it keeps an SQLite database in the /data volume; see
-# docker-compose.yml for PostgreSQL. `serve` applies pending migrations before it listens.
+# With no REWARDPOINTS_DATABASE_URL it runs its own PostgreSQL cluster in the /data volume
+# (created on first start, stopped when the service stops), as the image's unprivileged user;
+# see docker-compose.yml for a separate PostgreSQL. `serve` applies pending migrations before
+# it listens.
 
 ARG PYTHON_IMAGE=python:3.12-slim
 
@@ -39,7 +41,7 @@ COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    REWARDPOINTS_DATABASE_URL=sqlite+aiosqlite:////data/rewardpoints.db \
+    REWARDPOINTS_DATA_DIR=/data \
     REWARDPOINTS_DEV_SECRET_FILE=/data/dev-secret
 
 USER rewardpoints

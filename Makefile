@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Serve the API on 127.0.0.1:8000 with the embedded SQLite database (./rewardpoints.db).
+## Serve the API on 127.0.0.1:8000 on the embedded PostgreSQL in ./.rewardpoints (no other
+## PostgreSQL needed; the first start creates it in a few seconds).
 run: install
 	$(BIN)/rewardpoints serve
 

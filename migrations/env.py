@@ -17,8 +17,13 @@ target_metadata = metadata
 
 
 def _url() -> str:
-    url = config.attributes.get("database_url")
-    return str(url) if url else Settings().database_url
+    url = config.attributes.get("database_url") or Settings().database_url
+    if not url:
+        raise SystemExit(
+            "REWARDPOINTS_DATABASE_URL is not set: run `rewardpoints migrate`, which starts the"
+            " embedded PostgreSQL, or set it to the database to migrate"
+        )
+    return str(url)
 
 
 def _run(connection: Connection) -> None:

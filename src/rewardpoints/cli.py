@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from .config import Settings
+from .embedded import EmbeddedClusterError
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger("rewardpoints")
+# Set by `serve --workers N` on the embedded cluster: the file its workers hold a lock on.
+WORKER_CLUSTER_USERS = "REWARDPOINTS_EMBEDDED_CLUSTER_USERS"
 
 
 def migrations_dir() -> Path:
@@ -20,10 +32,32 @@ def migrations_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "migrations"
 
 
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """The configured database's URL, or the embedded cluster's while it is in use."""
+    if settings.database_url is not None:
+        os.environ.pop(WORKER_CLUSTER_USERS, None)
+        yield settings.database_url
+        return
+    from .embedded import embedded_cluster, users_file
+
+    data_dir = settings.data_dir.expanduser().absolute()
+    with embedded_cluster(data_dir) as url:
+        log.info(
+            "database: the embedded PostgreSQL in %s (the default; set "
+            "REWARDPOINTS_DATABASE_URL to use another)",
+            data_dir,
+        )
+        os.environ[WORKER_CLUSTER_USERS] = str(users_file(data_dir))
+        yield url
+
+
 def migrate(settings: Settings) -> None:
     from alembic import command
     from alembic.config import Config
 
+    if settings.database_url is None:
+        raise ValueError("migrate needs a database URL; main() starts the embedded cluster")
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["database_url"] = settings.database_url
@@ -42,8 +76,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             "REWARDPOINTS_JWT_JWKS_URL in production",
             settings.dev_secret_file,
         )
+    if args.workers > 1 and os.environ.get(WORKER_CLUSTER_USERS):
+        app = "rewardpoints.cli:create_worker_app"
+    else:
+        app = "rewardpoints.app:create_app"
     uvicorn.run(
-        "rewardpoints.app:create_app",
+        app,
         factory=True,
         host=args.host,
         port=args.port,
@@ -53,6 +91,15 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         proxy_headers=True,
     )
     return 0
+
+
+def create_worker_app() -> FastAPI:
+    """The app of one of uvicorn's workers, which uses the embedded cluster as well."""
+    from .app import create_app
+    from .embedded import join_as_worker
+
+    join_as_worker(Path(os.environ[WORKER_CLUSTER_USERS]))
+    return create_app()
 
 
 def _token(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,9 +162,24 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, level, logging.INFO), format="%(levelname)s %(name)s: %(message)s"
     )
     settings = Settings()
-    if args.command == "serve":
-        return _serve(args, settings)
-    if args.command == "migrate":
-        migrate(settings)
-        return 0
-    return _token(args, settings)
+    if args.command == "token":
+        return _token(args, settings)
+    # SIGTERM ends the process the way Ctrl-C does, through the `finally` blocks, so the
+    # embedded cluster is stopped also when it comes before or after uvicorn's own handlers.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with database_url(settings) as url:
+            # uvicorn's workers build the app from Settings() again: they find the URL here.
+            os.environ["REWARDPOINTS_DATABASE_URL"] = url
+            settings = settings.model_copy(update={"database_url": url})
+            if args.command == "serve":
+                return _serve(args, settings)
+            migrate(settings)
+            return 0
+    except EmbeddedClusterError as error:
+        print(f"rewardpoints: {error}", file=sys.stderr)
+        return 2
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)

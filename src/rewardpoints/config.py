@@ -34,7 +34,10 @@ class Settings(BaseSettings):
         env_prefix="REWARDPOINTS_", env_file=".env", extra="ignore", frozen=True
     )
 
+    # Unset: a private PostgreSQL cluster that `rewardpoints serve` and `migrate` start in
+    # data_dir (embedded.py) and hand to the application as this URL.
     database_url: str | None = None
+    data_dir: Path = Path(".rewardpoints")
     database_pool_size: int = Field(default=10, ge=1)
     # Waiting longer than this for a free connection answers 503.
     database_pool_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
@@ -90,6 +93,11 @@ class Settings(BaseSettings):
     # A streamed answer (summaryBatch, a long summary) whose client takes nothing for this long
     # is ended, and its database connections given up (api/streaming.py); 0: never.
     stream_send_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_or_embedded(cls, value: str | None) -> str | None:
+        return None if value is None or value.strip() == "" else value.strip()
 
     @field_validator("jwt_public_key")
     @classmethod
