@@ -22,14 +22,19 @@ import httpx
 
 
 class FakeClock:
-    """The ledger's clock. Each reading moves it on by one millisecond, so entries written
-    one after another get distinct, increasing ``createdAt`` values, as on a real clock."""
+    """The tests' clock, which the database functions read instead of their own (db.py). Each
+    reading moves it on by ``step`` (one millisecond unless told), so entries written one after
+    another get distinct, increasing ``createdAt`` values, as on a real clock; with no step it
+    stays where the test puts it."""
 
-    def __init__(self, start: datetime | None = None) -> None:
+    def __init__(
+        self, start: datetime | None = None, step: timedelta = timedelta(milliseconds=1)
+    ) -> None:
         self.now = start or datetime.now(UTC).replace(microsecond=0)
+        self.step = step
 
     def __call__(self) -> datetime:
-        self.now += timedelta(milliseconds=1)
+        self.now += self.step
         return self.now
 
     def advance(self, **delta: float) -> None:

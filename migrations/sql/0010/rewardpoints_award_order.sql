@@ -15,7 +15,7 @@ DECLARE
 BEGIN
     PERFORM rewardpoints_lock_account(p_tenant, p_customer, true);
     INSERT INTO awarded_orders (tenant, order_id, customer_id, points, lot_id, created_at)
-    VALUES (p_tenant, p_order, p_customer, p_points, v_lot, rewardpoints_now())
+    VALUES (p_tenant, p_order, p_customer, p_points, v_lot, rewardpoints_read_now())
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         SELECT o.customer_id, o.points, o.lot_id INTO v_earlier

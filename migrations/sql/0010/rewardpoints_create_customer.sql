@@ -10,7 +10,7 @@ CREATE OR REPLACE FUNCTION rewardpoints_create_customer(
 LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO accounts (tenant, customer_id, created_at)
-    VALUES (p_tenant, p_customer, rewardpoints_now())
+    VALUES (p_tenant, p_customer, rewardpoints_read_now())
     ON CONFLICT DO NOTHING;
     IF NOT FOUND THEN
         RETURN 'exists';

@@ -18,7 +18,7 @@ BEGIN
             RETURN false;
         END IF;
         INSERT INTO accounts (tenant, customer_id, created_at)
-        VALUES (p_tenant, p_customer, rewardpoints_now())
+        VALUES (p_tenant, p_customer, rewardpoints_read_now())
         ON CONFLICT DO NOTHING;
         IF FOUND THEN
             RETURN true;
