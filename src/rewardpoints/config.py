@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     summary_streams: int = Field(default=4, ge=0, le=1000)
     # On PostgreSQL, at most this many statements applying redemptions, and as many applying
     # additions, are out at once per process; the writes that wait meanwhile go together in
-    # the next one (direct.py, migration 0009).
+    # the next one (direct.py, rewardpoints_add_many.sql, rewardpoints_redeem_many.sql).
     write_statements: int = Field(default=2, ge=1, le=1000)
     # A streamed answer (summaryBatch, a long summary) whose client takes nothing for this long
     # is ended, and its database connections given up (api/streaming.py); 0: never.

@@ -1,8 +1,8 @@
 """The busiest statements, sent straight through asyncpg on PostgreSQL.
 
 A balance read, an addPoints and a redeemPoints are one statement each on PostgreSQL (the last
-two call the database functions of migration 0004). Executed through SQLAlchemy, such a
-statement costs about three times the CPU of the statement itself in asyncpg: the
+two call the database functions rewardpoints_add and rewardpoints_redeem). Executed through
+SQLAlchemy, such a statement costs about three times the CPU of the statement itself in asyncpg: the
 compiled-statement cache lookup, parameter and result processing, and the adapter's own
 prepared-statement bookkeeping. Here the connection still comes from the engine's pool (one pool,
 one set of limits, disposed with the engine), but the statement goes to the driver, which

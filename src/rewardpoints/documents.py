@@ -117,8 +117,8 @@ def _stamp(column: str) -> str:
 # above; to_json escapes strings as json.dumps(ensure_ascii=False) does. ``used_with`` is the
 # lot's redemption ids as comma-separated JSON strings, or NULL when it has none. A used-up lot
 # never changes again: the redemption that spent its last point stored its item, made by
-# migration 0008's SQL exactly as here, and it is read instead. A change to this format needs
-# a migration that sets lots.summary_item back to NULL and fills it again in the new format
+# rewardpoints_lot_item.sql exactly as here, and it is read instead. A change to this format
+# needs a migration that sets lots.summary_item back to NULL and fills it again in the new format
 # (test_documents compares the stored items with these bytes).
 def _lot_item(used_with: str) -> str:
     return (
