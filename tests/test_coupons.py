@@ -330,6 +330,33 @@ async def test_a_coupon_service_timing_out_gets_the_points_charged_back(
     await assert_charged_back(client, headers)
 
 
+async def test_a_customer_deleted_while_its_coupon_is_issued_is_not_brought_back(
+    client: httpx.AsyncClient,
+    tenant: str,
+    headers: Headers,
+    customer: Headers,
+    option_id: str,
+    coupon_service: FakeCouponService,
+) -> None:
+    """The points are spent, then the customer is deleted, then the coupon fails: the
+    chargeback finds no customer and writes nothing, and the answer is the 404 of a redeem
+    that came after the delete."""
+    coupon_service.plans[tenant] = ["stall"] * ATTEMPTS
+    redeeming = asyncio.create_task(redeem(client, customer, option_id))
+    for _ in range(500):
+        if coupon_service.posts(tenant):
+            break
+        await asyncio.sleep(0.01)
+    assert coupon_service.posts(tenant), "the coupon service was never asked"
+    deleted = await client.delete("/reward-points/customer/c1", headers=headers)
+    assert deleted.status_code == 200, deleted.text
+
+    response = await redeeming
+
+    assert response.status_code == 404, response.text
+    assert (await client.get("/reward-points/customer/c1", headers=headers)).status_code == 404
+
+
 async def test_an_unreachable_coupon_service_gets_the_points_charged_back(
     database_url: str,
     clock: FakeClock,

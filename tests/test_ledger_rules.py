@@ -427,21 +427,19 @@ async def test_redeeming_more_than_active_points_is_400_and_changes_nothing(
     assert await balance(client, headers, "c1") == 0
 
 
-class TestEntriesAtTheSameInstant:
-    """Entries with equal ``createdAt`` are ordered, and spent, by id."""
+class TestEntriesWhenTheClockStopsOrGoesBack:
+    """A customer's entries follow the order they were written in, even when the database's
+    clock stands still or is stepped back (rewardpoints_entry_time): oldest first stays the
+    order of writing."""
 
     @pytest.fixture
     def clock(self) -> FakeClock:
-        class StoppedClock(FakeClock):
-            def __call__(self) -> datetime:
-                return self.now
+        return FakeClock(START, step=timedelta(0))
 
-        return StoppedClock(START)
-
-    async def test_lots_created_at_the_same_instant_are_listed_and_spent_by_id(
+    async def test_lots_written_at_one_instant_are_listed_and_spent_in_the_order_written(
         self, client: httpx.AsyncClient, headers: Headers
     ) -> None:
-        # Bytewise, "Lot-c" sorts before "lot-a": upper case comes first.
+        # Bytewise, "Lot-c" sorts before "lot-a": ids do not decide the order.
         await add(client, headers, "c1", 10, id="lot-b")
         await add(client, headers, "c1", 10, id="lot-a")
         await add(client, headers, "c1", 10, id="Lot-c")
@@ -452,13 +450,28 @@ class TestEntriesAtTheSameInstant:
         result = await summary(client, headers, "c1")
         assert {lot["createdAt"] for lot in lots(result)} == {wire(START)}
         assert lot_view(result) == [
-            ("Lot-c", 10, 10, ["red-b"], 30),
-            ("lot-a", 10, 6, ["red-a", "red-b"], 20),
-            ("lot-b", 10, 0, [], 10),
+            ("lot-b", 10, 10, ["red-b"], 10),
+            ("lot-a", 10, 6, ["red-b", "red-a"], 20),
+            ("Lot-c", 10, 0, [], 30),
         ]
-        assert [r["id"] for r in redemptions(result)] == ["red-a", "red-b"]
+        assert [r["id"] for r in redemptions(result)] == ["red-b", "red-a"]
         batch = (await client.get(f"{BASE}/summaryBatch", headers=headers)).json()
         assert batch == [result]
+
+    async def test_a_clock_stepped_back_does_not_put_a_new_lot_before_older_ones(
+        self, client: httpx.AsyncClient, headers: Headers, clock: FakeClock
+    ) -> None:
+        await add(client, headers, "c1", 10, id="first")
+        clock.now = START - timedelta(hours=1)
+        await add(client, headers, "c1", 10, id="second")
+        await redeem(client, headers, "c1", 10, id="spend")
+
+        result = await summary(client, headers, "c1")
+        assert [(lot["id"], lot["usedPoints"]) for lot in lots(result)] == [
+            ("first", 10),
+            ("second", 0),
+        ]
+        assert [lot["createdAt"] for lot in lots(result)] == [wire(START)] * 2
 
 
 # ---- expiry ---------------------------------------------------------------------------------

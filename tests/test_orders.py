@@ -285,3 +285,20 @@ async def test_non_finite_amounts_are_400(
     )
     assert response.status_code == 400
     assert await summary(client, headers) == 404
+
+
+async def test_an_order_sent_again_after_its_customer_was_deleted_brings_no_customer_back(
+    client: httpx.AsyncClient, headers: Headers
+) -> None:
+    """The order stays awarded (exactly once), and the deleted customer stays deleted."""
+    first = await send(client, headers, order(amount=10))
+    assert first.status_code == 201
+    deleted = await client.delete("/reward-points/customer/c1", headers=headers)
+    assert deleted.status_code == 200
+
+    again = await send(client, headers, order(amount=10))
+
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    balance = await client.get("/reward-points/customer/c1", headers=headers)
+    assert balance.status_code == 404

@@ -14,9 +14,11 @@ startPoints, orders, chargebacks and the storefront redeem, each reading the one
 rewardpoints_now(), under the customer's lock. They replace revision 0009's set, whose
 signatures carried a clock reading from the service.
 
-The keys are rebuilt under exclusive locks on the ledger's tables: the service waits for the
-upgrade (a few seconds per million lots), which needs no other downtime. The downgrade refuses
-when two customers of a tenant share an entry id, which the old keys cannot hold.
+The keys are rebuilt under exclusive locks on the ledger's tables (a few seconds per million
+lots), and the functions the service of revision 0009 calls are replaced by others: stop that
+service for the upgrade (one still writing can also make the upgrade fail on a deadlock; run
+it again). The downgrade refuses when two customers of a tenant share an entry id, which the
+old keys cannot hold.
 
 Revision ID: 0010
 Revises: 0009
@@ -58,10 +60,12 @@ _NEW_FUNCTIONS = (
     "rewardpoints_add_many(varchar[], varchar[], varchar[], boolean[], text[], text[], bigint[],"
     " timestamptz[], integer[], varchar[])",
     "rewardpoints_award_order(varchar, varchar, varchar, bigint, varchar, text, integer, varchar)",
+    "rewardpoints_charge_back(varchar, varchar, varchar, text, bigint, integer, varchar)",
     "rewardpoints_create_customer(varchar, varchar, boolean, varchar, boolean, text, text,"
     " bigint, timestamptz, integer, varchar)",
     "rewardpoints_delete_customer(varchar, varchar)",
     "rewardpoints_entry_seen(varchar, varchar, varchar, varchar)",
+    "rewardpoints_entry_time(varchar, varchar)",
     "rewardpoints_lock_account(varchar, varchar, boolean)",
     "rewardpoints_lock_accounts(varchar[], varchar[])",
     "rewardpoints_lot_item(varchar, varchar, varchar, text, text, bigint, bigint, timestamptz,"

@@ -165,16 +165,26 @@ class Ledger:
         return await self._add(params)
 
     async def charge_back(self, tenant: str, customer_id: str, points: int, site_code: str) -> str:
-        """Give back points whose coupon could not be issued, as Emporix does: a new lot with no
-        reference-id, valid 36 months from its own creation. The redemption stays as it was."""
+        """Give back points whose coupon could not be issued (rewardpoints_charge_back).
+        CustomerNotFound when the customer was deleted since: the points went with it."""
         self.site(site_code)
         lot = NewLot(points, description=CHARGEBACK_DESCRIPTION)
         params = {
             "tenant": tenant,
             "customer": customer_id,
-            **_lot_arguments(lot, customer_id, CHARGEBACK_VALIDITY_MONTHS),
+            "id": str(uuid.uuid4()),
+            "description": CHARGEBACK_DESCRIPTION,
+            "points": points,
+            "months": CHARGEBACK_VALIDITY_MONTHS,
+            "hash": lot.fingerprint(customer_id),
         }
-        return await self._add(params)
+
+        def answer(row: Row[Any]) -> str:
+            if row[0] == "not_found":
+                raise CustomerNotFound(customer_id)
+            return str(params["id"])
+
+        return await self._call(_CHARGE_BACK_CALL, params, answer)
 
     async def redeem_points(self, tenant: str, customer_id: str, redemption: NewRedemption) -> str:
         """Spend active lots oldest first. Returns the redemption's id."""
@@ -348,6 +358,10 @@ _REDEEM_CALL = text(
 )
 _CREATE_CUSTOMER_CALL = text(
     f"SELECT rewardpoints_create_customer(:tenant, :customer, :start, {_LOT_PARAMETERS})"
+)
+_CHARGE_BACK_CALL = text(
+    "SELECT rewardpoints_charge_back(:tenant, :customer, :id, :description, :points, :months,"
+    " :hash)"
 )
 _DELETE_CUSTOMER_CALL = text("SELECT rewardpoints_delete_customer(:tenant, :customer)")
 _AWARD_ORDER_CALL = text(

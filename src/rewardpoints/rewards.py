@@ -105,9 +105,19 @@ class Rewards:
                 error,
                 points,
             )
-            await self.ledger.charge_back(
-                request.tenant, request.customer_id, points, request.site.code
-            )
+            try:
+                await self.ledger.charge_back(
+                    request.tenant, request.customer_id, points, request.site.code
+                )
+            except CustomerNotFound:
+                # Deleted since the points were spent: they went with the customer, who is
+                # not brought back by the chargeback; answered as if the delete came first.
+                log.warning(
+                    "customer %s was deleted before the chargeback of redemption %s",
+                    request.customer_id,
+                    request.redemption_id,
+                )
+                raise
             raise CouponIssueFailed(
                 f"The coupon could not be created; the {points} redeemed points were given back "
                 "as a new entry"

@@ -1,7 +1,7 @@
--- The ledger's clock: the time a write applies at, read once by each entry written (a lot, a
--- redemption) while the write holds the customer's lock, so the order of createdAt is the order
--- in which writes were applied. (Bookkeeping times, such as an account's, are
--- rewardpoints_read_now()'s.)
+-- The ledger's clock: the time a write applies at, read once for each entry written (a lot, a
+-- redemption; rewardpoints_entry_time) while the write holds the customer's lock, so the order
+-- of createdAt is the order in which writes were applied. (Bookkeeping times, such as an
+-- account's, are rewardpoints_read_now()'s.)
 -- Production never sets rewardpoints.now and gets clock_timestamp(). Tests set it for their
 -- session; each reading then moves it on by a microsecond, so writes applied one after another
 -- still get distinct, increasing times.

@@ -23,7 +23,7 @@ BEGIN
         RETURN QUERY SELECT 'not_found'::text, 0::bigint;
         RETURN;
     END IF;
-    v_now := rewardpoints_now();
+    v_now := rewardpoints_entry_time(p_tenant, p_customer);
     IF p_client_id THEN
         v_seen := rewardpoints_entry_seen(p_tenant, p_customer, p_id, p_hash);
         IF v_seen IS NOT NULL THEN

@@ -13,7 +13,7 @@ CREATE OR REPLACE FUNCTION rewardpoints_add_lot(
 ) RETURNS text
 LANGUAGE plpgsql SET timezone TO 'UTC' AS $$
 DECLARE
-    v_now timestamptz := rewardpoints_now();
+    v_now timestamptz := rewardpoints_entry_time(p_tenant, p_customer);
     v_seen text;
     v_valid_until timestamptz;
     v_balance bigint;
