@@ -422,7 +422,7 @@ async def test_built_in_issuer_draws_another_code_when_one_is_taken(
     ledger = app.state.ledger
     await ledger.add_points(tenant, "c1", NewLot(100), "main")
     drawn = iter([7, 7, 8])
-    issuer = BuiltInCoupons(ledger.engine, clock, digits=lambda: next(drawn))
+    issuer = BuiltInCoupons(ledger.engine, digits=lambda: next(drawn))
 
     async def request() -> CouponRequest:
         redemption_id = await ledger.redeem_points(tenant, "c1", NewRedemption(10))
@@ -431,7 +431,7 @@ async def test_built_in_issuer_draws_another_code_when_one_is_taken(
     assert await issuer.issue(await request()) == "RP-000007"
     assert await issuer.issue(await request()) == "RP-000008"
 
-    stuck = BuiltInCoupons(ledger.engine, clock, digits=lambda: 7, attempts=3)
+    stuck = BuiltInCoupons(ledger.engine, digits=lambda: 7, attempts=3)
     with pytest.raises(CouponIssueFailed, match="no free coupon code"):
         await stuck.issue(await request())
     coupons = await issuer.issued_to(tenant, "c1")

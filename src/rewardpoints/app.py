@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 
 from fastapi import FastAPI
@@ -55,9 +55,8 @@ def create_app(
     clock: Clock | None = None,
     jwks: JwksCache | None = None,
 ) -> FastAPI:
-    """The service. ``clock`` is for tests only: the database functions then read their time
-    from it instead of the database's clock (db.create_engine), and so do the redeem options
-    and the built-in coupons."""
+    """The service. ``clock`` is for tests only: the database then reads its time from it
+    instead of its own clock (db.create_engine), for every time the service records."""
     settings = settings or Settings()
     engine = create_engine(settings, clock=clock)
     ledger = Ledger(
@@ -106,7 +105,7 @@ def create_app(
     app.state.ledger = ledger
     app.state.documents = documents
     app.state.verifier = verifier
-    app.state.rewards = build_rewards(settings, ledger, clock or _machine_clock)
+    app.state.rewards = build_rewards(settings, ledger)
     app.state.idempotency = idempotency
     app.state.idempotency_in_flight = set()
     errors.install(app)
@@ -131,10 +130,6 @@ def create_app(
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app
-
-
-def _machine_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 async def _prune_forever(store: IdempotencyStore, interval: float) -> None:

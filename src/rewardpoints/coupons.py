@@ -20,19 +20,18 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Settings, Site
-from .db import read_transaction, run_transaction
+from .db import database_now, read_transaction, run_transaction
 from .errors import CouponIssueFailed, Unavailable
 from .models import coupons
 
 log = logging.getLogger("rewardpoints")
 
-Clock = Callable[[], datetime]
 Digits = Callable[[], int]
 
 CODE_SPACE = 1_000_000
@@ -114,13 +113,11 @@ class BuiltInCoupons:
     def __init__(
         self,
         engine: AsyncEngine,
-        clock: Clock,
         *,
         digits: Digits = random_digits,
         attempts: int = _BUILT_IN_ATTEMPTS,
     ) -> None:
         self.engine = engine
-        self.clock = clock
         self.digits = digits
         self.attempts = attempts
 
@@ -152,7 +149,7 @@ class BuiltInCoupons:
                     redeem_option_id=request.redeem_option_id,
                     site_code=request.site.code,
                     body=body,
-                    created_at=self.clock(),
+                    created_at=func.rewardpoints_read_now(),
                 )
                 .on_conflict_do_nothing(index_elements=["tenant", "code"])
                 .returning(coupons.c.code)
@@ -162,8 +159,8 @@ class BuiltInCoupons:
         return await run_transaction(self.engine, write)
 
     async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
-        now = self.clock()
         async with read_transaction(self.engine) as conn:
+            now = await database_now(conn)
             rows = await conn.execute(
                 select(coupons.c.body)
                 .where(coupons.c.tenant == tenant, coupons.c.customer_id == customer_id)
@@ -288,9 +285,9 @@ def _issued_code(response: httpx.Response, sent: str) -> str:
     return sent
 
 
-def build_issuer(settings: Settings, engine: AsyncEngine, clock: Clock) -> CouponIssuer:
+def build_issuer(settings: Settings, engine: AsyncEngine) -> CouponIssuer:
     if settings.coupon_service_url is None:
-        return BuiltInCoupons(engine, clock)
+        return BuiltInCoupons(engine)
     token = settings.coupon_service_token
     return EmporixCoupons(
         settings.coupon_service_url,

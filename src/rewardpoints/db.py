@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -158,6 +158,13 @@ async def read_transaction(
             await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():
             yield conn
+
+
+async def database_now(conn: AsyncConnection) -> datetime:
+    """The database's clock, as reads see it (rewardpoints_read_now.sql): the one clock of
+    every time the service records."""
+    now: datetime = (await conn.execute(text("SELECT rewardpoints_read_now()"))).scalar_one()
+    return now
 
 
 def sqlstate(error: DBAPIError) -> str | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,11 +17,9 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import read_transaction, run_transaction
+from .db import database_now, read_transaction, run_transaction
 from .errors import RedeemOptionNotFound, VersionConflict
 from .models import redeem_options
-
-Clock = Callable[[], datetime]
 
 # ObjectId layout: 4 bytes of seconds, 5 random bytes per process, a 3-byte counter.
 _PROCESS_RANDOM = secrets.token_bytes(5).hex()
@@ -111,9 +108,8 @@ async def _list(conn: AsyncConnection, tenant: str) -> list[RedeemOption]:
 
 
 class RedeemOptionStore:
-    def __init__(self, engine: AsyncEngine, clock: Clock) -> None:
+    def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.clock = clock
 
     async def for_tenant(self, tenant: str) -> list[RedeemOption]:
         async with read_transaction(self.engine) as conn:
@@ -136,7 +132,7 @@ class RedeemOptionStore:
         """Add an option; returns the tenant's options, the new one included."""
 
         async def body(conn: AsyncConnection) -> list[RedeemOption]:
-            now = self.clock()
+            now = await database_now(conn)
             await conn.execute(
                 insert(redeem_options).values(
                     tenant=tenant,
@@ -163,7 +159,7 @@ class RedeemOptionStore:
         that is the current version (VersionConflict otherwise)."""
 
         async def body(conn: AsyncConnection) -> None:
-            now = self.clock()
+            now = await database_now(conn)
             conditions = [redeem_options.c.tenant == tenant, redeem_options.c.id == option_id]
             if expected_version is not None:
                 conditions.append(redeem_options.c.version == expected_version)

@@ -14,7 +14,6 @@ from typing import Any
 
 from .config import MAX_POINTS, Settings
 from .coupons import CouponIssuer, CouponRequest, build_issuer
-from .db import Clock
 from .errors import (
     CouponIssueFailed,
     CustomerNotFound,
@@ -155,7 +154,7 @@ class Rewards:
         )
 
 
-def build_rewards(settings: Settings, ledger: Ledger, clock: Clock) -> Rewards:
-    store = RedeemOptionStore(ledger.engine, clock)
-    issuer = build_issuer(settings, ledger.engine, clock)
+def build_rewards(settings: Settings, ledger: Ledger) -> Rewards:
+    store = RedeemOptionStore(ledger.engine)
+    issuer = build_issuer(settings, ledger.engine)
     return Rewards(ledger, store, issuer)
