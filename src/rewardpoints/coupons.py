@@ -20,13 +20,13 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Settings, Site
-from .db import database_now, read_transaction, run_transaction
+from .db import database_clock, read_transaction, run_transaction
 from .errors import CouponIssueFailed, Unavailable
 from .models import coupons
 
@@ -149,7 +149,7 @@ class BuiltInCoupons:
                     redeem_option_id=request.redeem_option_id,
                     site_code=request.site.code,
                     body=body,
-                    created_at=func.rewardpoints_read_now(),
+                    created_at=database_clock(),
                 )
                 .on_conflict_do_nothing(index_elements=["tenant", "code"])
                 .returning(coupons.c.code)
@@ -160,16 +160,15 @@ class BuiltInCoupons:
 
     async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
         async with read_transaction(self.engine) as conn:
-            now = await database_now(conn)
             rows = await conn.execute(
-                select(coupons.c.body)
+                select(coupons.c.body, database_clock().label("now"))
                 .where(coupons.c.tenant == tenant, coupons.c.customer_id == customer_id)
                 .order_by(coupons.c.created_at, coupons.c.code)
             )
-            bodies = [json.loads(row.body) for row in rows]
+            issued = [(json.loads(row.body), row.now) for row in rows]
         return [
             {**body, "status": coupon_status(body, now), "redemptionCount": 0, "deleted": False}
-            for body in bodies
+            for body, now in issued
         ]
 
 

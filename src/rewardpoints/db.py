@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 import asyncpg
-from sqlalchemy import event, text
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -160,10 +160,15 @@ async def read_transaction(
             yield conn
 
 
+def database_clock() -> Any:
+    """The database's clock, as reads see it (rewardpoints_read_now.sql), as an expression
+    for a statement: the one clock of every time the service records."""
+    return func.rewardpoints_read_now()
+
+
 async def database_now(conn: AsyncConnection) -> datetime:
-    """The database's clock, as reads see it (rewardpoints_read_now.sql): the one clock of
-    every time the service records."""
-    now: datetime = (await conn.execute(text("SELECT rewardpoints_read_now()"))).scalar_one()
+    """The database's clock read now, for a time the service needs before its statement."""
+    now: datetime = (await conn.execute(select(database_clock()))).scalar_one()
     return now
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import read_transaction, write_transaction
+from .db import database_clock, read_transaction, write_transaction
 from .errors import IdempotencyKeyInProgress, IdempotencyKeyReused
 from .models import idempotency_keys
 
@@ -80,7 +80,7 @@ class IdempotencyStore:
         request_hash: str,
         response: StoredResponse,
     ) -> None:
-        now = _now()
+        now = database_clock()
         values: dict[str, Any] = {
             "tenant": tenant,
             "key": key,
@@ -113,7 +113,7 @@ class IdempotencyStore:
         """Delete expired keys; returns how many."""
         async with write_transaction(self.engine) as conn:
             result = await conn.execute(
-                delete(idempotency_keys).where(idempotency_keys.c.expires_at <= _now())
+                delete(idempotency_keys).where(idempotency_keys.c.expires_at <= database_clock())
             )
         return int(result.rowcount or 0)
 
@@ -130,7 +130,7 @@ class IdempotencyStore:
                 ).where(
                     idempotency_keys.c.tenant == tenant,
                     idempotency_keys.c.key == key,
-                    idempotency_keys.c.expires_at > _now(),
+                    idempotency_keys.c.expires_at > database_clock(),
                 )
             )
         ).first()
@@ -176,8 +176,3 @@ class IdempotencyHook:
 
     def committed(self) -> None:
         self.recorded = self.recorded or self._pending
-
-
-def _now() -> Any:
-    """The database's clock, as the ledger reads it (rewardpoints_read_now.sql)."""
-    return func.rewardpoints_read_now()
