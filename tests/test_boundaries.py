@@ -201,3 +201,38 @@ async def test_adds_racing_deletes_of_their_customer_answer_as_if_one_after_the_
         assert balance.json() == len(lots) == summary.json()["activePoints"]
     else:
         assert summary.status_code == balance.status_code == 404
+
+
+async def test_writes_sent_together_all_take_the_clocks_time_and_expire_at_once(
+    http: httpx.AsyncClient, headers: dict[str, str], set_clock: SetClock
+) -> None:
+    """Additions for many customers at one moment go to the database together; each reads the
+    clock itself, so all are written at exactly that moment and their default validUntil (36
+    months on) ends at exactly the same one."""
+    customers = [f"together-{number}" for number in range(12)]
+    set_clock.now = datetime(2030, 2, 1, tzinfo=UTC)
+    for customer in customers:  # known already: a new customer's first write goes alone
+        known = await http.post(
+            f"{BASE}/customer/{customer}/addPoints",
+            json={"points": 10, "validUntil": "2099-01-01T00:00:00Z"},
+            headers=headers,
+        )
+        assert known.status_code == 201, known.text
+    set_clock.now = datetime(2030, 3, 1, 9, 30, 0, 500_000, tzinfo=UTC)
+    added = await asyncio.gather(
+        *(
+            http.post(f"{BASE}/customer/{customer}/addPoints", json={"points": 1}, headers=headers)
+            for customer in customers
+        )
+    )
+    assert [answer.status_code for answer in added] == [201] * len(customers)
+    expiry = datetime(2033, 3, 1, 9, 30, 0, 500_000, tzinfo=UTC)
+
+    async def balances() -> list[int]:
+        answers = [await http.get(f"{BASE}/customer/{c}", headers=headers) for c in customers]
+        return [answer.json() for answer in answers]
+
+    set_clock.now = expiry - MS
+    assert await balances() == [11] * len(customers)
+    set_clock.now = expiry
+    assert await balances() == [10] * len(customers)
