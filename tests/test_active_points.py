@@ -78,7 +78,8 @@ async def test_every_kind_of_write_stores_what_the_lots_add_up_to(
     assert (await _stored(ledger, tenant, "c"))[2] == soon
     await ledger.redeem_points(tenant, "c", NewRedemption(60))
     assert await _check(ledger, tenant, "c") == 20
-    await ledger.charge_back(tenant, "c", 15, "main")
+    async with ledger.engine.begin() as conn:
+        await ledger.charge_back(conn, tenant, "c", 15)
     assert await _check(ledger, tenant, "c") == 35
     await ledger.award_order(tenant, "c", "order-1", 5, "an order", "main")
     assert await _check(ledger, tenant, "c") == 40

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from rewardpoints.app import create_app
-from rewardpoints.coupons import BuiltInCoupons, CouponRequest
+from rewardpoints.coupons import BuiltInCoupons
 from rewardpoints.errors import CouponIssueFailed
 from rewardpoints.ledger import NewLot, NewRedemption
 
@@ -417,22 +417,22 @@ async def test_the_sites_validity_sets_the_default_valid_until(
 
 
 async def test_built_in_issuer_draws_another_code_when_one_is_taken(
-    app: Any, tenant: str, clock: FakeClock
+    app: Any, client: httpx.AsyncClient, tenant: str, headers: Headers, customer: Headers
 ) -> None:
-    ledger = app.state.ledger
-    await ledger.add_points(tenant, "c1", NewLot(100), "main")
+    created = await create_option(client, tenant, headers, option(points=10))
+    await add_points(client, headers, "c1", 100)
     drawn = iter([7, 7, 8])
-    issuer = BuiltInCoupons(ledger.engine, digits=lambda: next(drawn))
+    app.state.rewards.issuer = BuiltInCoupons(digits=lambda: next(drawn))
+    first = await redeem(client, customer, created["id"])
+    second = await redeem(client, customer, created["id"])
+    assert [first.json(), second.json()] == [{"code": "RP-000007"}, {"code": "RP-000008"}]
 
-    async def request() -> CouponRequest:
-        redemption_id = await ledger.redeem_points(tenant, "c1", NewRedemption(10))
-        return CouponRequest(tenant, "c1", ledger.site("main"), "opt", COUPON, redemption_id)
-
-    assert await issuer.issue(await request()) == "RP-000007"
-    assert await issuer.issue(await request()) == "RP-000008"
-
-    stuck = BuiltInCoupons(ledger.engine, digits=lambda: 7, attempts=3)
-    with pytest.raises(CouponIssueFailed, match="no free coupon code"):
-        await stuck.issue(await request())
-    coupons = await issuer.issued_to(tenant, "c1")
-    assert [c["code"] for c in coupons] == ["RP-000007", "RP-000008"]
+    # Every code taken: no coupon, and the points come back as a new lot.
+    app.state.rewards.issuer = BuiltInCoupons(digits=lambda: 7, attempts=3)
+    stuck = await redeem(client, customer, created["id"])
+    assert stuck.status_code == 502, stuck.text
+    summary = await admin_summary(client, headers, "c1")
+    assert summary["activePoints"] == 80
+    assert [lot["points"] for lot in summary["summary"]["addedPointsList"]] == [100, 10]
+    coupons = await client.get(f"{PUBLIC}/coupons", headers=customer)
+    assert [c["code"] for c in coupons.json()] == ["RP-000007", "RP-000008"]

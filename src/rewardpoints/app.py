@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 from . import __version__
 from .api import docs, errors, management, orders, public, redeem_options
 from .api.fastlane import FastLane
+from .api.idempotency import stored_of
 from .api.limits import MAX_HEADER_BYTES, MAX_TARGET_BYTES, BodyLimitMiddleware
 from .api.openapi import openapi_builder
 from .auth import JwksCache, TokenVerifier
@@ -24,6 +25,7 @@ from .db import Clock, create_engine, is_unavailable
 from .documents import BatchExport, Documents, StreamSlots
 from .idempotency import IdempotencyStore
 from .ledger import Ledger
+from .outbox import Outbox
 from .rewards import build_rewards
 
 DESCRIPTION = (
@@ -79,18 +81,29 @@ def create_app(
     verifier = TokenVerifier(settings, jwks=jwks)
 
     idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
+    outbox = Outbox(
+        engine,
+        lease=timedelta(seconds=settings.outbox_lease_seconds),
+        poll_interval=settings.outbox_poll_seconds,
+        retention=timedelta(hours=settings.idempotency_ttl_hours),
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        pruner = asyncio.create_task(
-            _prune_forever(idempotency, settings.idempotency_prune_interval_seconds)
-        )
+        tasks = [
+            asyncio.create_task(
+                _prune_forever(idempotency, outbox, settings.idempotency_prune_interval_seconds)
+            ),
+            asyncio.create_task(outbox.run_forever()),
+        ]
         try:
             yield
         finally:
-            pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruner
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await engine.dispose()
 
     app = RewardPointsApp(
@@ -105,8 +118,15 @@ def create_app(
     app.state.ledger = ledger
     app.state.documents = documents
     app.state.verifier = verifier
-    app.state.rewards = build_rewards(settings, ledger)
+    app.state.rewards = build_rewards(
+        settings,
+        ledger,
+        outbox,
+        idempotency,
+        lambda outcome: stored_of(public.redeem_answer(outcome)),
+    )
     app.state.idempotency = idempotency
+    app.state.outbox = outbox
     app.state.idempotency_in_flight = set()
     errors.install(app)
     app.include_router(management.router)
@@ -132,15 +152,16 @@ def create_app(
     return app
 
 
-async def _prune_forever(store: IdempotencyStore, interval: float) -> None:
+async def _prune_forever(store: IdempotencyStore, outbox: Outbox, interval: float) -> None:
     log = logging.getLogger("rewardpoints")
     while True:
         await asyncio.sleep(interval)
         try:
             pruned = await store.prune()
+            done = await outbox.prune()
         except Exception as error:
             if not is_unavailable(error):
-                log.exception("pruning idempotency keys failed")
+                log.exception("pruning idempotency keys and settled outbox intents failed")
             continue
-        if pruned:
-            log.info("pruned %d expired idempotency keys", pruned)
+        if pruned or done:
+            log.info("pruned %d expired idempotency keys, %d settled outbox intents", pruned, done)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MAX_POINTS = 2_147_483_647
@@ -65,6 +65,13 @@ class Settings(BaseSettings):
     coupon_service_token: SecretStr | None = None
     coupon_service_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     coupon_service_attempts: int = Field(default=3, ge=1, le=10)
+    # A redemption's coupon is issued (or its points charged back) from the outbox
+    # (outbox.py): by the request, which waits at most half this lease for it, and else by
+    # the outbox runner of any process once the lease has run out. It must outlast the
+    # coupon service's attempts (checked below).
+    outbox_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # How often each process looks for intents whose lease has run out.
+    outbox_poll_seconds: float = Field(default=1.0, gt=0, le=600)
 
     max_body_bytes: int = Field(default=65536, ge=1024)
     # How long the first answer to an Idempotency-Key is kept and replayed.
@@ -115,6 +122,19 @@ class Settings(BaseSettings):
         if value is None or value.strip() == "":
             return None
         return value.strip().rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_outlasts_coupon_attempts(self) -> Settings:
+        # The request's own run may take every attempt and the check of a possibly created
+        # coupon, and must end inside half the lease, before another process takes over.
+        longest = self.coupon_service_timeout_seconds * (self.coupon_service_attempts + 1) + 1
+        if self.coupon_service_url is not None and self.outbox_lease_seconds < 2 * longest:
+            raise ValueError(
+                f"REWARDPOINTS_OUTBOX_LEASE_SECONDS must be at least {2 * longest:g}: twice "
+                "(REWARDPOINTS_COUPON_SERVICE_TIMEOUT_SECONDS x "
+                "(REWARDPOINTS_COUPON_SERVICE_ATTEMPTS + 1) + 1)"
+            )
+        return self
 
     @property
     def has_configured_key(self) -> bool:

@@ -3,8 +3,10 @@ Emporix-compatible Coupon Service (``POST {url}/coupon/{tenant}/coupons``).
 
 Either way the coupon is the redeem option's template with a fresh code
 (``<site codePrefix>-<6 digits>``), ``issuedTo`` the customer and ``maxRedemptions`` 1.
-An issuer raises ``CouponIssueFailed`` when it could not issue; the caller then charges the
-points back.
+Issuing has two steps (rewards.py runs them from the outbox): ``issue``, outside any
+transaction and safe to repeat with the same request, and ``keep``, inside the transaction
+that settles the redemption. Either raises ``CouponIssueFailed`` when the coupon cannot be
+issued; the points are then charged back in that same transaction.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from urllib.parse import quote
 import httpx
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .config import Settings, Site
-from .db import database_clock, read_transaction, run_transaction
-from .errors import CouponIssueFailed, Unavailable
+from .db import database_clock
+from .errors import CouponIssueFailed
 from .models import coupons
 
 log = logging.getLogger("rewardpoints")
@@ -54,6 +55,9 @@ class CouponRequest:
     redeem_option_id: str
     template: dict[str, Any]
     redemption_id: str
+    # The code tried first, drawn once per redemption: every run of the redemption's intent
+    # tries the same code, so a coupon created by an earlier run is found again.
+    code: str
 
 
 def new_code(prefix: str, digits: int) -> str:
@@ -75,11 +79,22 @@ class CouponIssuer(Protocol):
         """Whether ``issued_to`` can list the coupons this issuer made."""
         ...
 
-    async def issue(self, request: CouponRequest) -> str:
-        """Create the coupon and return its code; CouponIssueFailed when it could not."""
+    def draw_code(self, site: Site) -> str:
+        """A fresh code for a new redemption's coupon."""
         ...
 
-    async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]: ...
+    async def issue(self, request: CouponRequest, *, again: bool) -> str | None:
+        """The step outside the database: create the coupon elsewhere and return its code,
+        or None when ``keep`` creates it. ``again``: an earlier run may have created it."""
+        ...
+
+    async def keep(self, conn: AsyncConnection, request: CouponRequest, issued: str | None) -> str:
+        """The step in the settling transaction; returns the coupon's code."""
+        ...
+
+    async def issued_to(
+        self, conn: AsyncConnection, tenant: str, customer_id: str
+    ) -> list[dict[str, Any]]: ...
 
 
 def coupon_status(body: dict[str, Any], now: datetime) -> str:
@@ -111,61 +126,58 @@ class BuiltInCoupons:
     keeps_coupons = True
 
     def __init__(
-        self,
-        engine: AsyncEngine,
-        *,
-        digits: Digits = random_digits,
-        attempts: int = _BUILT_IN_ATTEMPTS,
+        self, *, digits: Digits = random_digits, attempts: int = _BUILT_IN_ATTEMPTS
     ) -> None:
-        self.engine = engine
         self.digits = digits
         self.attempts = attempts
 
-    async def issue(self, request: CouponRequest) -> str:
+    def draw_code(self, site: Site) -> str:
+        return new_code(site.code_prefix, self.digits())
+
+    async def issue(self, request: CouponRequest, *, again: bool) -> str | None:
+        return None
+
+    async def keep(self, conn: AsyncConnection, request: CouponRequest, issued: str | None) -> str:
+        """Store the coupon under the request's code, or another drawn when it is taken."""
+        code = request.code
         for _ in range(self.attempts):
+            if await self._insert(conn, request, code):
+                return code
             code = new_code(request.site.code_prefix, self.digits())
-            try:
-                if await self._insert(request, code):
-                    return code
-            except (DBAPIError, Unavailable, OSError) as error:
-                raise CouponIssueFailed(f"the coupon could not be stored: {error}") from error
         raise CouponIssueFailed(
             f"no free coupon code with prefix '{request.site.code_prefix}' "
             f"after {self.attempts} attempts"
         )
 
-    async def _insert(self, request: CouponRequest, code: str) -> bool:
+    async def _insert(self, conn: AsyncConnection, request: CouponRequest, code: str) -> bool:
         body = json.dumps(coupon_body(request, code), ensure_ascii=False, separators=(",", ":"))
-
-        async def write(conn: AsyncConnection) -> bool:
-            # Only a taken code is tolerated; a second coupon for one redemption is an error.
-            statement = (
-                postgresql.insert(coupons)
-                .values(
-                    tenant=request.tenant,
-                    code=code,
-                    customer_id=request.customer_id,
-                    redemption_id=request.redemption_id,
-                    redeem_option_id=request.redeem_option_id,
-                    site_code=request.site.code,
-                    body=body,
-                    created_at=database_clock(),
-                )
-                .on_conflict_do_nothing(index_elements=["tenant", "code"])
-                .returning(coupons.c.code)
+        # Only a taken code is tolerated; a second coupon for one redemption is an error.
+        statement = (
+            postgresql.insert(coupons)
+            .values(
+                tenant=request.tenant,
+                code=code,
+                customer_id=request.customer_id,
+                redemption_id=request.redemption_id,
+                redeem_option_id=request.redeem_option_id,
+                site_code=request.site.code,
+                body=body,
+                created_at=database_clock(),
             )
-            return (await conn.execute(statement)).first() is not None
+            .on_conflict_do_nothing(index_elements=["tenant", "code"])
+            .returning(coupons.c.code)
+        )
+        return (await conn.execute(statement)).first() is not None
 
-        return await run_transaction(self.engine, write)
-
-    async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
-        async with read_transaction(self.engine) as conn:
-            rows = await conn.execute(
-                select(coupons.c.body, database_clock().label("now"))
-                .where(coupons.c.tenant == tenant, coupons.c.customer_id == customer_id)
-                .order_by(coupons.c.created_at, coupons.c.code)
-            )
-            issued = [(json.loads(row.body), row.now) for row in rows]
+    async def issued_to(
+        self, conn: AsyncConnection, tenant: str, customer_id: str
+    ) -> list[dict[str, Any]]:
+        rows = await conn.execute(
+            select(coupons.c.body, database_clock().label("now"))
+            .where(coupons.c.tenant == tenant, coupons.c.customer_id == customer_id)
+            .order_by(coupons.c.created_at, coupons.c.code)
+        )
+        issued = [(json.loads(row.body), row.now) for row in rows]
         return [
             {**body, "status": coupon_status(body, now), "redemptionCount": 0, "deleted": False}
             for body, now in issued
@@ -210,10 +222,18 @@ class EmporixCoupons:
         url = f"{self.base_url}/coupon/{quote(tenant, safe='')}/coupons"
         return f"{url}/{quote(code, safe='')}" if code is not None else url
 
-    async def issue(self, request: CouponRequest) -> str:
-        code = new_code(request.site.code_prefix, self.digits())
-        # True once an attempt may have created the coupon although we got no success answer.
-        maybe_created = False
+    def draw_code(self, site: Site) -> str:
+        return new_code(site.code_prefix, self.digits())
+
+    async def keep(self, conn: AsyncConnection, request: CouponRequest, issued: str | None) -> str:
+        assert issued is not None
+        return issued
+
+    async def issue(self, request: CouponRequest, *, again: bool) -> str | None:
+        code = request.code
+        # True once an attempt may have created the coupon although we got no success answer;
+        # from the start when an earlier run of the same redemption may have.
+        maybe_created = again
         problem = "no attempt made"
         async with self._client() as client:
             for attempt in range(1, self.attempts + 1):
@@ -266,7 +286,9 @@ class EmporixCoupons:
         saved = found.get("code")
         return saved if isinstance(saved, str) and saved else code
 
-    async def issued_to(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
+    async def issued_to(
+        self, conn: AsyncConnection, tenant: str, customer_id: str
+    ) -> list[dict[str, Any]]:
         raise NotImplementedError("the Coupon Service keeps these coupons")
 
 
@@ -284,9 +306,9 @@ def _issued_code(response: httpx.Response, sent: str) -> str:
     return sent
 
 
-def build_issuer(settings: Settings, engine: AsyncEngine) -> CouponIssuer:
+def build_issuer(settings: Settings) -> CouponIssuer:
     if settings.coupon_service_url is None:
-        return BuiltInCoupons(engine)
+        return BuiltInCoupons()
     token = settings.coupon_service_token
     return EmporixCoupons(
         settings.coupon_service_url,

@@ -9,11 +9,12 @@ transaction, so a crash can never separate the write from the record of its answ
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -27,6 +28,15 @@ class StoredResponse:
     status: int
     body: bytes
     media_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyClaim:
+    """A request's Idempotency-Key: the tenant's key and the fingerprint of its content."""
+
+    tenant: str
+    key: str
+    request_hash: str
 
 
 class Replayed(Exception):  # noqa: N818 - control flow, not an error
@@ -71,6 +81,61 @@ class IdempotencyStore:
         stored = await self._stored(conn, tenant, key, request_hash)
         if stored is not None:
             raise Replayed(stored)
+
+    async def claim_pending(self, conn: AsyncConnection, claim: KeyClaim) -> None:
+        """Inside the write transaction, before the write: claim the key until its answer is
+        known, for commands whose answer comes after the transaction (``answer`` gives it).
+
+        The claim commits with the write, so from then on every request with this key, in
+        any process, is told the request is in progress, until the answer is recorded and
+        replayed. Two claims at once: the second waits for the first's transaction and then
+        sees its claim (IdempotencyKeyInProgress), or claims the key if it was rolled back.
+        """
+        now = database_clock()
+        values: dict[str, Any] = {
+            "tenant": claim.tenant,
+            "key": claim.key,
+            "request_hash": claim.request_hash,
+            "status": None,
+            "body": None,
+            "media_type": None,
+            "created_at": now,
+            "expires_at": now + self.ttl,
+        }
+        insert = postgresql.insert(idempotency_keys).values(**values)
+        statement = insert.on_conflict_do_update(
+            index_elements=[idempotency_keys.c.tenant, idempotency_keys.c.key],
+            set_={name: insert.excluded[name] for name in values if name not in ("tenant", "key")},
+            where=idempotency_keys.c.expires_at <= now,
+        ).returning(idempotency_keys.c.key)
+        if (await conn.execute(statement)).first() is not None:
+            return
+        stored = await self._stored(conn, claim.tenant, claim.key, claim.request_hash)
+        if stored is not None:
+            raise Replayed(stored)
+        # Expired between the two statements: as good as in progress; a retry claims it.
+        raise IdempotencyKeyInProgress(claim.key)
+
+    async def answer(
+        self, conn: AsyncConnection, claim: KeyClaim, response: StoredResponse
+    ) -> None:
+        """Record the answer of a key claimed by ``claim_pending``, in the transaction that
+        settles the request's last step."""
+        await conn.execute(
+            update(idempotency_keys)
+            .where(
+                idempotency_keys.c.tenant == claim.tenant,
+                idempotency_keys.c.key == claim.key,
+                idempotency_keys.c.request_hash == claim.request_hash,
+                idempotency_keys.c.status.is_(None),
+            )
+            .values(
+                status=response.status,
+                body=response.body,
+                media_type=response.media_type,
+                expires_at=database_clock() + self.ttl,
+            )
+        )
 
     async def record(
         self,
@@ -138,6 +203,9 @@ class IdempotencyStore:
             return None
         if row.request_hash != request_hash:
             raise IdempotencyKeyReused(key)
+        if row.status is None:
+            # Claimed by a request whose answer is not known yet (claim_pending).
+            raise IdempotencyKeyInProgress(key)
         return StoredResponse(int(row.status), bytes(row.body), row.media_type)
 
 
@@ -151,14 +219,12 @@ class IdempotencyHook:
         tenant: str,
         key: str,
         request_hash: str,
-        answer: Any,
+        answer: Callable[[Any], StoredResponse],
     ) -> None:
         self.store = store
         self.tenant = tenant
         self.key = key
         self.request_hash = request_hash
-        # result of the command -> StoredResponse, or None when the answer is not known
-        # inside the transaction (multi-step commands record it afterwards).
         self.answer = answer
         self.recorded = False
         self._pending = False
@@ -169,7 +235,7 @@ class IdempotencyHook:
             await self.store.claim(conn, self.tenant, self.key, self.request_hash)
 
     async def after(self, conn: AsyncConnection, result: Any) -> None:
-        if self.recorded or self.answer is None:
+        if self.recorded:
             return
         await self.store.record(conn, self.tenant, self.key, self.request_hash, self.answer(result))
         self._pending = True

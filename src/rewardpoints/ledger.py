@@ -164,30 +164,54 @@ class Ledger:
         }
         return await self._add(params)
 
-    async def charge_back(self, tenant: str, customer_id: str, points: int, site_code: str) -> str:
-        """Give back points whose coupon could not be issued (rewardpoints_charge_back).
-        CustomerNotFound when the customer was deleted since: the points went with it."""
-        self.site(site_code)
+    async def charge_back(
+        self, conn: AsyncConnection, tenant: str, customer_id: str, points: int
+    ) -> str:
+        """Give back points whose coupon could not be issued (rewardpoints_charge_back), in the
+        caller's transaction. CustomerNotFound when the customer was deleted since: the points
+        went with it."""
         lot = NewLot(points, description=CHARGEBACK_DESCRIPTION)
+        lot_id = str(uuid.uuid4())
         params = {
             "tenant": tenant,
             "customer": customer_id,
-            "id": str(uuid.uuid4()),
+            "id": lot_id,
             "description": CHARGEBACK_DESCRIPTION,
             "points": points,
             "months": CHARGEBACK_VALIDITY_MONTHS,
             "hash": lot.fingerprint(customer_id),
         }
+        if (await conn.execute(_CHARGE_BACK_CALL, params)).scalar_one() == "not_found":
+            raise CustomerNotFound(customer_id)
+        return lot_id
 
-        def answer(row: Row[Any]) -> str:
-            if row[0] == "not_found":
-                raise CustomerNotFound(customer_id)
-            return str(params["id"])
-
-        return await self._call(_CHARGE_BACK_CALL, params, answer)
+    async def lock_account(self, conn: AsyncConnection, tenant: str, customer_id: str) -> bool:
+        """Hold the customer's account row for the caller's transaction; False when the
+        customer has no entry (rewardpoints_lock_account)."""
+        return bool(
+            (
+                await conn.execute(_LOCK_ACCOUNT_CALL, {"tenant": tenant, "customer": customer_id})
+            ).scalar_one()
+        )
 
     async def redeem_points(self, tenant: str, customer_id: str, redemption: NewRedemption) -> str:
         """Spend active lots oldest first. Returns the redemption's id."""
+        params, answer = self._redemption(tenant, customer_id, redemption)
+        if active_transaction_hook() is None:
+            return answer(await self.redemptions.submit(tuple(params.values())))
+        return await self._call(_REDEEM_CALL, params, answer)
+
+    async def redeem_points_in(
+        self, conn: AsyncConnection, tenant: str, customer_id: str, redemption: NewRedemption
+    ) -> str:
+        """``redeem_points`` in the caller's transaction."""
+        params, answer = self._redemption(tenant, customer_id, redemption)
+        return answer((await conn.execute(_REDEEM_CALL, params)).one())
+
+    def _redemption(
+        self, tenant: str, customer_id: str, redemption: NewRedemption
+    ) -> tuple[dict[str, Any], Callable[[Any], str]]:
+        """A redemption's arguments to rewardpoints_redeem, and its answer as the ledger's."""
         redemption_id = redemption.id or str(uuid.uuid4())
         params = {
             "tenant": tenant,
@@ -209,9 +233,7 @@ class Ledger:
                 raise InsufficientPoints(redemption.points, int(available))
             return redemption_id
 
-        if active_transaction_hook() is None:
-            return answer(await self.redemptions.submit(tuple(params.values())))
-        return await self._call(_REDEEM_CALL, params, answer)
+        return params, answer
 
     async def award_order(
         self,
@@ -363,6 +385,7 @@ _CHARGE_BACK_CALL = text(
     "SELECT rewardpoints_charge_back(:tenant, :customer, :id, :description, :points, :months,"
     " :hash)"
 )
+_LOCK_ACCOUNT_CALL = text("SELECT rewardpoints_lock_account(:tenant, :customer, false)")
 _DELETE_CUSTOMER_CALL = text("SELECT rewardpoints_delete_customer(:tenant, :customer)")
 _AWARD_ORDER_CALL = text(
     "SELECT outcome, awarded_points, awarded_lot FROM rewardpoints_award_order(:tenant,"

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Computed,
     DateTime,
     ForeignKeyConstraint,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -209,17 +210,37 @@ awarded_orders = Table(
     CheckConstraint("points >= 0", name="points_not_negative"),
 )
 
-# The first answer to each Idempotency-Key, replayed until ``expires_at``.
+# The first answer to each Idempotency-Key, replayed until ``expires_at``. ``status`` and
+# ``body`` are NULL while the key is claimed and its answer not yet known (migration 0011).
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,
     Column("tenant", Key(16), primary_key=True),
     Column("key", Key(255), primary_key=True),
     Column("request_hash", String(64), nullable=False),
-    Column("status", Integer, nullable=False),
-    Column("body", LargeBinary, nullable=False),
+    Column("status", Integer, nullable=True),
+    Column("body", LargeBinary, nullable=True),
     Column("media_type", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("expires_at", UTCDateTime, nullable=False),
     Index("ix_idempotency_keys_expires_at", "expires_at"),
+)
+
+# Work that must follow a committed write (outbox.py): recorded in the write's transaction, run
+# by whichever process holds its lease (``run_after`` in the future), done exactly once.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("tenant", Key(16), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("run_after", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("done_at", UTCDateTime, nullable=True),
+    Column("outcome", Text, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_outbox_due", "run_after", postgresql_where=text("done_at IS NULL")),
+    Index("ix_outbox_done_at", "done_at"),
 )

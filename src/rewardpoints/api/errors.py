@@ -214,13 +214,13 @@ def server_error(request: Request, status: int) -> Response:
     return json_response(status, body, headers)
 
 
-def bad_gateway(request: Request, message: str) -> Response:
+def bad_gateway(path: str, message: str, *, at: str | None = None) -> Response:
     body = {
-        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "timestamp": at or datetime.now(UTC).isoformat(timespec="milliseconds"),
         "status": 502,
         "error": "Bad Gateway",
         "message": message,
-        "path": instance_of(request),
+        "path": path,
     }
     return json_response(502, body)
 
@@ -253,7 +253,7 @@ def render(request: Request, error: RewardPointsError) -> Response:
             return conflict("Reward Point Entry not Created", str(error), field="orderId")
         case CouponIssueFailed():
             log.warning("coupon not issued: %s", error.__cause__ or error)
-            return bad_gateway(request, str(error))
+            return bad_gateway(instance_of(request), str(error))
         case IdempotencyKeyInProgress():
             return conflict("Request in progress", str(error), field="Idempotency-Key")
         case IdempotencyKeyReused():

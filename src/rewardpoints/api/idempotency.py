@@ -15,7 +15,14 @@ from ..errors import (
     InvalidRequest,
     RewardPointsError,
 )
-from ..idempotency import IdempotencyHook, IdempotencyStore, Replayed, StoredResponse, fingerprint
+from ..idempotency import (
+    IdempotencyHook,
+    IdempotencyStore,
+    KeyClaim,
+    Replayed,
+    StoredResponse,
+    fingerprint,
+)
 from .errors import render
 
 HEADER = "idempotency-key"
@@ -47,30 +54,18 @@ def replay(stored: StoredResponse) -> Response:
     )
 
 
-async def idempotent(
-    request: Request,
-    tenant: str,
-    command: Callable[[], Awaitable[T]],
-    answer: Callable[[T], Response],
-    *,
-    customer_id: str | None = None,
-    answer_in_transaction: bool = True,
-) -> Response:
-    """Run ``command`` once per Idempotency-Key and answer with ``answer(result)``.
-
-    With ``answer_in_transaction`` the answer is recorded inside the command's first write
-    transaction; commands whose answer is only known after several steps record it after.
-    """
+async def claim_of(
+    request: Request, tenant: str, *, customer_id: str | None = None
+) -> KeyClaim | None:
+    """The request's Idempotency-Key with the fingerprint of its content; None without one."""
     key = request.headers.get(HEADER)
     if key is None:
-        return answer(await command())
+        return None
     if not 0 < len(key) <= MAX_KEY_LENGTH or not key.isprintable():
         raise InvalidRequest(
             f"Idempotency-Key must be 1 to {MAX_KEY_LENGTH} printable characters",
             field="Idempotency-Key",
         )
-    store: IdempotencyStore = request.app.state.idempotency
-    in_flight: set[tuple[str, str]] = request.app.state.idempotency_in_flight
     request_hash = fingerprint(
         request.method,
         request.url.path,
@@ -78,37 +73,60 @@ async def idempotent(
         customer_id or "",
         await request.body(),
     )
-    ident = (tenant, key)
+    return KeyClaim(tenant, key, request_hash)
+
+
+async def refused(request: Request, claim: KeyClaim | None, error: RewardPointsError) -> Response:
+    """The answer to a request the service refused; with a key, stored as the key's answer
+    when it is the request's own (4xx), not the key's state (in progress, reused)."""
+    if isinstance(error, (IdempotencyKeyInProgress, IdempotencyKeyReused)):
+        raise error
+    response = render(request, error)
+    if claim is not None and 400 <= response.status_code < 500:
+        # The request ran and was refused: that answer is the key's answer too.
+        store: IdempotencyStore = request.app.state.idempotency
+        await store.save(claim.tenant, claim.key, claim.request_hash, stored_of(response))
+    return response
+
+
+async def idempotent(
+    request: Request,
+    tenant: str,
+    command: Callable[[], Awaitable[T]],
+    answer: Callable[[T], Response],
+    *,
+    customer_id: str | None = None,
+) -> Response:
+    """Run ``command``, a single write transaction, once per Idempotency-Key and answer with
+    ``answer(result)``, recorded inside that transaction."""
+    claim = await claim_of(request, tenant, customer_id=customer_id)
+    if claim is None:
+        return answer(await command())
+    store: IdempotencyStore = request.app.state.idempotency
+    in_flight: set[tuple[str, str]] = request.app.state.idempotency_in_flight
+    ident = (tenant, claim.key)
     if ident in in_flight:
-        raise IdempotencyKeyInProgress(key)
+        raise IdempotencyKeyInProgress(claim.key)
     in_flight.add(ident)
     try:
-        stored = await store.lookup(tenant, key, request_hash)
+        stored = await store.lookup(tenant, claim.key, claim.request_hash)
         if stored is not None:
             return replay(stored)
 
         def record(result: Any) -> StoredResponse:
             return stored_of(answer(result))
 
-        hook = IdempotencyHook(
-            store, tenant, key, request_hash, record if answer_in_transaction else None
-        )
+        hook = IdempotencyHook(store, tenant, claim.key, claim.request_hash, record)
         try:
             with transaction_hook(hook):
                 result = await command()
         except Replayed as replayed:
             return replay(replayed.stored)
-        except (IdempotencyKeyInProgress, IdempotencyKeyReused):
-            raise
         except RewardPointsError as error:
-            response = render(request, error)
-            if 400 <= response.status_code < 500:
-                # The request ran and was refused: that answer is the key's answer too.
-                await store.save(tenant, key, request_hash, stored_of(response))
-            return response
+            return await refused(request, claim, error)
         response = answer(result)
         if not hook.recorded:
-            await store.save(tenant, key, request_hash, stored_of(response))
+            await store.save(tenant, claim.key, claim.request_hash, stored_of(response))
         return response
     finally:
         in_flight.discard(ident)

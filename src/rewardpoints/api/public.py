@@ -8,6 +8,9 @@ from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
 from ..documents import dumps, summary_document
+from ..errors import CustomerNotFound, RewardPointsError
+from ..idempotency import Replayed
+from ..rewards import RedeemOutcome
 from .deps import (
     DEFAULT_SITE_CODE,
     CustomerPrincipal,
@@ -16,8 +19,8 @@ from .deps import (
     RewardsDep,
     SiteCode,
 )
-from .errors import responses
-from .idempotency import IdempotencyKey, idempotent
+from .errors import bad_gateway, instance_of, not_found, responses
+from .idempotency import IdempotencyKey, claim_of, refused, replay
 from .management import summary_response
 from .schemas import (
     PointsSummaryOut,
@@ -97,19 +100,34 @@ async def redeem_for_coupon(
     _key: IdempotencyKey = None,
 ) -> Response:
     """Spend the option's points and answer the new coupon's code. If the coupon cannot be
-    created the points are given back as a new entry and the answer is 502."""
+    created the points are given back as a new entry and the answer is 502. With an
+    `Idempotency-Key`, one request per key spends the points; a request with the same key
+    while it is at work is answered 409, and afterwards the first answer is replayed."""
     customer_id = principal.customer_id
     assert customer_id is not None
-    # Spending, issuing and a possible chargeback are several steps: the key's answer is
-    # recorded after them, not inside the spending transaction.
-    return await idempotent(
-        request,
-        principal.tenant,
-        lambda: rewards.redeem(principal.tenant, customer_id, body.id, siteCode),
-        lambda code: _json({"code": code}),
-        customer_id=customer_id,
-        answer_in_transaction=False,
-    )
+    claim = await claim_of(request, principal.tenant, customer_id=customer_id)
+    try:
+        outcome = await rewards.redeem(
+            principal.tenant, customer_id, body.id, siteCode, key=claim, path=instance_of(request)
+        )
+    except Replayed as replayed:
+        return replay(replayed.stored)
+    except RewardPointsError as error:
+        return await refused(request, claim, error)
+    return redeem_answer(outcome)
+
+
+def redeem_answer(outcome: RedeemOutcome) -> Response:
+    """The answer to a redemption for a coupon, the same in its first answer and in replays."""
+    if outcome.code is not None:
+        return _json({"code": outcome.code})
+    if outcome.charged_back:
+        message = (
+            f"The coupon could not be created; the {outcome.points} redeemed points were given "
+            "back as a new entry"
+        )
+        return bad_gateway(outcome.path, message, at=outcome.at)
+    return not_found(str(CustomerNotFound(outcome.customer_id)))
 
 
 @router.get(
