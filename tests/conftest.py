@@ -20,6 +20,8 @@ from rewardpoints.auth import MANAGE_SCOPES, VIEW_SCOPES, mint_token
 from rewardpoints.cli import migrate
 from rewardpoints.config import Settings
 
+from .coupon_service import FakeCouponService
+from .coupon_service import serve as serve_coupons
 from .support import FakeClock, start_throwaway_postgres
 
 TEST_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
@@ -207,3 +209,10 @@ def make_headers() -> Callable[..., dict[str, str]]:
         return bearer(token(tenant, scopes or (VIEW, MANAGE), **kwargs))
 
     return build
+
+
+@pytest.fixture(scope="session")
+def coupon_service() -> Iterator[FakeCouponService]:
+    """A stand-in Coupon Service on loopback, shared by the tests that plan its answers per
+    tenant."""
+    yield from serve_coupons(FakeCouponService())

@@ -7,21 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from rewardpoints.app import create_app
 
 from .conftest import make_settings
+from .coupon_service import FakeCouponService
 from .support import FakeClock, free_port
 from .test_redeem_options import COUPON, OPTION, options_url
 
@@ -34,132 +32,6 @@ SERVICE_TOKEN = "coupon-service-token"
 TIMEOUT_SECONDS = 0.4
 ATTEMPTS = 3
 START = datetime(2030, 1, 15, 10, 0, tzinfo=UTC)
-
-
-@dataclass
-class Seen:
-    method: str
-    path: str
-    authorization: str | None
-    body: Any
-
-
-@dataclass
-class FakeCouponService:
-    """Emporix's Coupon Service, as far as the issuer uses it. What each POST does is planned
-    per tenant: "ok" (create, or 409 if the code exists), "500", "400", "409", "stall" (never
-    answer), "store-then-stall" (create, then never answer). Unplanned POSTs are "ok"."""
-
-    port: int = field(default_factory=free_port)
-    plans: dict[str, list[str]] = field(default_factory=dict)
-    seen: dict[str, list[Seen]] = field(default_factory=dict)
-    coupons: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    released: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
-        assert scope["type"] == "http"
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        raw = b"".join(chunks)
-        headers = dict(scope["headers"])
-        authorization = headers.get(b"authorization")
-        parts = scope["path"].strip("/").split("/")  # coupon/{tenant}/coupons[/{code}]
-        tenant = parts[1]
-        self.seen.setdefault(tenant, []).append(
-            Seen(
-                scope["method"],
-                scope["path"],
-                authorization.decode() if authorization else None,
-                json.loads(raw) if raw else None,
-            )
-        )
-        if scope["method"] == "GET":
-            found = self.coupons.get((tenant, parts[3].upper()))
-            if found is None:
-                await _answer(send, 404, {"type": "resource_not_found", "status": 404})
-            else:
-                await _answer(send, 200, found)
-            return
-        coupon = json.loads(raw)
-        code = coupon["code"].upper()  # as Emporix saves codes by default
-        plan = self.plans.get(tenant, [])
-        action = plan.pop(0) if plan else "ok"
-        if action in ("stall", "store-then-stall"):
-            if action == "store-then-stall":
-                self.coupons[(tenant, code)] = {**coupon, "code": code}
-            await self._stall()
-            return
-        if action in ("500", "400"):
-            await _answer(send, int(action), {"status": int(action), "type": "failure"})
-            return
-        if action == "409" or (tenant, code) in self.coupons:
-            duplicate = f"Duplicate Coupon '{code}' on tenant '{tenant}'"
-            await _answer(
-                send, 409, {"type": "conflict_resource", "status": 409, "message": duplicate}
-            )
-            return
-        self.coupons[(tenant, code)] = {**coupon, "code": code}
-        await _answer(send, 201, {"id": code})
-
-    async def _stall(self) -> None:
-        deadline = time.monotonic() + 10
-        while not self.released.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-
-    def posts(self, tenant: str) -> list[Seen]:
-        return [s for s in self.seen.get(tenant, []) if s.method == "POST"]
-
-    def gets(self, tenant: str) -> list[Seen]:
-        return [s for s in self.seen.get(tenant, []) if s.method == "GET"]
-
-
-async def _answer(send: Send, status: int, body: Any) -> None:
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json")],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
-
-
-@pytest.fixture(scope="module")
-def coupon_service() -> Iterator[FakeCouponService]:
-    service = FakeCouponService()
-    config = uvicorn.Config(
-        service,
-        host="127.0.0.1",
-        port=service.port,
-        lifespan="off",
-        ws="none",
-        http="h11",
-        loop="asyncio",
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "coupon service did not start"
-        time.sleep(0.01)
-    try:
-        yield service
-    finally:
-        service.released.set()
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture

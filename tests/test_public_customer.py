@@ -17,8 +17,6 @@ import pytest
 
 from rewardpoints.app import create_app
 from rewardpoints.coupons import BuiltInCoupons
-from rewardpoints.errors import CouponIssueFailed
-from rewardpoints.ledger import NewLot, NewRedemption
 
 from .conftest import MANAGE, VIEW, make_settings
 from .support import FakeClock

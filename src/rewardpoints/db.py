@@ -129,16 +129,31 @@ def _set_clock_at_checkout(engine: AsyncEngine, clock: Clock) -> None:
 
 
 @asynccontextmanager
+async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A pooled connection. Failing to get one is the database being unavailable, whatever
+    the server answered (starting up, shut to connections, too many clients, ...)."""
+    conn = engine.connect()
+    try:
+        await conn.start()
+    except DBAPIError as error:
+        raise DatabaseUnavailable(f"no connection to the database: {error.orig}") from error
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """One write transaction."""
-    async with engine.connect() as conn, conn.begin():
+    async with connection(engine) as conn, conn.begin():
         yield conn
 
 
 @asynccontextmanager
 async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection whose every statement commits by itself (for single-statement commands)."""
-    async with engine.connect() as conn:
+    async with connection(engine) as conn:
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
 
@@ -153,7 +168,7 @@ async def read_transaction(
     engine: AsyncEngine, *, snapshot: bool = False
 ) -> AsyncIterator[AsyncConnection]:
     """A read-only transaction; with ``snapshot`` every statement sees the same data."""
-    async with engine.connect() as conn:
+    async with connection(engine) as conn:
         if snapshot:
             await conn.execution_options(isolation_level="REPEATABLE READ")
         async with conn.begin():

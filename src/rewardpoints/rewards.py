@@ -138,13 +138,31 @@ class Rewards:
         key: KeyClaim | None,
         path: str,
     ) -> RedeemOutcome:
-        """Spend the option's points for its coupon.
+        """Spend the option's points for its coupon (``spend``), then settle it (``settle``):
+        exactly one of a coupon issued to the customer or the points charged back as a new
+        lot. If this process dies or the database fails in between, the outbox runner of any
+        process settles it once the intent's lease has run out."""
+        intent = await self.spend(tenant, customer_id, option_id, site_code, key=key, path=path)
+        # Shielded: a request that is cancelled or gives up waiting leaves it running.
+        settling = asyncio.ensure_future(self.settle(intent))
+        try:
+            async with asyncio.timeout(self.settle_timeout):
+                return await asyncio.shield(settling)
+        except TimeoutError:
+            raise Unavailable("the coupon is still being issued") from None
 
-        One transaction spends the points, claims the Idempotency-Key and records the intent
-        to issue the coupon (the outbox); the intent is then settled, here or, if this process
-        dies or the database fails first, by the outbox runner of any process: exactly one of
-        a coupon issued to the customer or the points charged back as a new lot.
-        """
+    async def spend(
+        self,
+        tenant: str,
+        customer_id: str,
+        option_id: str,
+        site_code: str,
+        *,
+        key: KeyClaim | None,
+        path: str,
+    ) -> Intent:
+        """One transaction: claim the Idempotency-Key, spend the option's points and record
+        the intent to issue its coupon, leased to this process."""
         site = self.ledger.site(site_code)
         if not site.enabled:
             raise RewardPointsDisabled(site_code)
@@ -171,14 +189,7 @@ class Rewards:
             )
             return await self.outbox.add(conn, tenant, COUPON_INTENT, payload)
 
-        intent = await run_transaction(self.ledger.engine, spend)
-        # Shielded: a request that is cancelled or gives up waiting leaves it running.
-        settling = asyncio.ensure_future(self.settle(intent))
-        try:
-            async with asyncio.timeout(self.settle_timeout):
-                return await asyncio.shield(settling)
-        except TimeoutError:
-            raise Unavailable("the coupon is still being issued") from None
+        return await run_transaction(self.ledger.engine, spend)
 
     async def settle(self, intent: Intent) -> RedeemOutcome:
         """Issue the coupon of a redemption's intent, or charge its points back; and record
