@@ -19,7 +19,6 @@ from ..db import is_unavailable
 from ..documents import dumps
 from ..errors import (
     AuthenticationFailed,
-    CouponIssueFailed,
     CustomerExists,
     CustomerNotFound,
     EntryConflict,
@@ -251,9 +250,6 @@ def render(request: Request, error: RewardPointsError) -> Response:
             return version_conflict(str(error))
         case OrderConflict():
             return conflict("Reward Point Entry not Created", str(error), field="orderId")
-        case CouponIssueFailed():
-            log.warning("coupon not issued: %s", error.__cause__ or error)
-            return bad_gateway(instance_of(request), str(error))
         case IdempotencyKeyInProgress():
             return conflict("Request in progress", str(error), field="Idempotency-Key")
         case IdempotencyKeyReused():
