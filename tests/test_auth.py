@@ -514,6 +514,66 @@ async def test_claims_of_the_wrong_type_are_401(
     await assert_unauthorized(hs_client, bearer(token))
 
 
+@pytest.mark.parametrize(
+    ("claim", "offset", "accepted_as_number"),
+    [
+        ("exp", 3600, True),
+        ("iat", -60, True),
+        ("iat", 3600, False),
+        ("nbf", -60, True),
+    ],
+)
+async def test_time_claims_sent_as_strings_are_401(
+    hs_client: httpx.AsyncClient,
+    tenant: str,
+    claim: str,
+    offset: int,
+    accepted_as_number: bool,
+) -> None:
+    """RFC 7519's NumericDate is a JSON number: ``"1796650735"`` is refused whatever time it
+    names, while the same time as a number is judged by the time alone."""
+    value = int(time.time()) + offset
+    as_string = hand_made(
+        {"alg": "HS256", "typ": "JWT"},
+        {**claims_for(tenant), claim: str(value)},
+        TEST_SECRET.encode(),
+    )
+    await assert_unauthorized(hs_client, bearer(as_string))
+    as_number = hand_made(
+        {"alg": "HS256", "typ": "JWT"}, {**claims_for(tenant), claim: value}, TEST_SECRET.encode()
+    )
+    if accepted_as_number:
+        await assert_accepted(hs_client, bearer(as_number))
+    else:
+        await assert_unauthorized(hs_client, bearer(as_number))
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iat": True},
+        {"iat": False},
+        {"nbf": True},
+        {"nbf": False},
+        {"iat": -1},
+        {"nbf": -1},
+        {"exp": 1e300},
+        {"exp": 253_402_300_800},  # 10000-01-01T00:00:00Z
+        {"exp": 10**400},
+    ],
+    ids=lambda claims: "-".join(f"{k}={v!r}"[:24] for k, v in claims.items()),
+)
+async def test_time_claims_that_name_no_date_are_401(
+    hs_client: httpx.AsyncClient, tenant: str, claims: dict[str, Any]
+) -> None:
+    """Booleans (an int to Python), times before 1970 and after 9999, and numbers no float
+    holds are no NumericDate: refused with the 401, never a 500 and never a token without end."""
+    token = hand_made(
+        {"alg": "HS256", "typ": "JWT"}, {**claims_for(tenant), **claims}, TEST_SECRET.encode()
+    )
+    await assert_unauthorized(hs_client, bearer(token))
+
+
 # ---- issuer and audience ---------------------------------------------------------------------
 
 

@@ -620,3 +620,77 @@ async def test_used_with_of_1000_entries_is_accepted_and_ignored(
     [lot] = [lot for lot in summary["summary"]["addedPointsList"] if lot["id"] == "many"]
     assert lot["usedWith"] == []
     assert lot["usedPoints"] == 0
+
+
+# ---- a trailing slash: never a redirect ------------------------------------------------------
+
+NOT_FOUND = {"type": "resource_not_found", "status": 404, "message": "Not Found"}
+HOSTILE_HOST = "evil.example"
+
+
+def every_route_with_a_trailing_slash(app: Any) -> list[tuple[str, str]]:
+    """(method, path) for each method of each route of ``app``, those of the routers it
+    includes too, its parameters filled in and a slash added to its path."""
+    routes: list[Any] = []
+    for route in app.routes:
+        included = getattr(route, "original_router", None)
+        routes += included.routes if included is not None else [route]
+    return sorted(
+        (method, re.sub(r"\{[^}]+\}", "c1", route.path) + "/")
+        for route in routes
+        for method in getattr(route, "methods", None) or ()
+        if method != "HEAD"
+    )
+
+
+def assert_not_found_without_redirect(response: httpx.Response, method: str, path: str) -> None:
+    assert response.status_code == 404, (method, path, response.status_code, response.headers)
+    assert "location" not in response.headers, (method, path, response.headers)
+    assert response.json() == NOT_FOUND, (method, path)
+
+
+async def test_a_trailing_slash_is_the_404_of_an_unknown_path_never_a_redirect(
+    app: Any, client: httpx.AsyncClient, headers: Headers
+) -> None:
+    """Starlette would redirect ``/customer/c1/`` to ``/customer/c1`` on the host the request's
+    Host header names, with no token checked: the service then sends clients where an attacker
+    says. Every route, every method, with a hostile Host, with a token and without."""
+    await seed(client, headers)
+    cases = every_route_with_a_trailing_slash(app)
+    assert ("GET", f"{PREFIX}/customer/c1/") in cases
+    assert ("POST", f"{PREFIX}/customer/c1/addPoints/") in cases
+    assert len(cases) >= 20
+
+    unknown = await client.get(f"{PREFIX}/nothing-here", headers={"Host": HOSTILE_HOST})
+    assert_not_found_without_redirect(unknown, "GET", f"{PREFIX}/nothing-here")
+    for method, path in cases:
+        for credentials in ({}, headers):
+            body = None if method == "GET" else {"points": 5}
+            response = await client.request(
+                method, path, json=body, headers={**credentials, "Host": HOSTILE_HOST}
+            )
+            assert_not_found_without_redirect(response, method, path)
+    assert (await client.get(f"{PREFIX}/customer/{EXISTING}", headers=headers)).json() == 70
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("credentials", [False, True], ids=["no-token", "token"])
+async def test_a_trailing_slash_behind_the_real_server_is_a_404(
+    server: str, headers: Headers, credentials: bool
+) -> None:
+    parts = urlsplit(server)
+    authorization = f"Authorization: {headers['Authorization']}\r\n" if credentials else ""
+    for path in (f"{PREFIX}/customer/c1/", f"{PREFIX}/summaryBatch/", "/health/ready/"):
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {HOSTILE_HOST}\r\n{authorization}"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        with socket.create_connection((parts.hostname, parts.port), timeout=30) as conn:
+            conn.sendall(request)
+            received = b""
+            while chunk := conn.recv(65536):
+                received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404 "), (path, head)
+        assert b"\r\nlocation:" not in head.lower(), (path, head)
+        assert json.loads(body) == NOT_FOUND

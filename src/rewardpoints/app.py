@@ -113,6 +113,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
+        # Starlette answers a path with a trailing slash by a redirect to a URL built from the
+        # request's Host header, before any token is checked: a redirect to any host a client
+        # names. Such a path names nothing here, and gets the 404 of any unknown path.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.ledger = ledger

@@ -2,7 +2,8 @@
 
 python-jose is used only inside ``TokenVerifier.verify`` and ``mint_token``, so the library can
 be swapped without touching the rest of the service. None of its permissive defaults is relied
-on: the algorithm list, ``exp``, and (when configured) ``iss``/``aud`` are always demanded.
+on: the algorithm list, ``exp``, and (when configured) ``iss``/``aud`` are always demanded, and
+the time claims must be JSON numbers (``numeric_dates``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ TENANT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{2,15}$")
 # Path segments the router owns: a tenant of these names could never be addressed.
 RESERVED_TENANTS = frozenset({"customer", "public"})
 JWKS_MIN_REFRESH_SECONDS = 60.0
+# The time claims: RFC 7519 NumericDate, a JSON number of seconds since the epoch.
+TIME_CLAIMS = ("exp", "nbf", "iat")
+# 9999-12-31T23:59:59Z: a later time is no date any clock reaches, only a token that never ends.
+LATEST_NUMERIC_DATE = 253_402_300_799
 VERIFIED_TOKENS_KEPT = 10_000
 
 
@@ -57,6 +62,26 @@ def is_valid_tenant(tenant: object) -> bool:
         and TENANT_PATTERN.fullmatch(tenant) is not None
         and tenant not in RESERVED_TENANTS
     )
+
+
+def numeric_dates(claims: dict[str, Any]) -> dict[str, float]:
+    """The time claims present, each a JSON number (not a string, not a boolean, which
+    Python counts as an int) and a date between 1970 and 9999; any other value refuses the
+    token. python-jose only tries ``int()`` on them, which reads ``"1796650735"`` and ``true``."""
+    dates: dict[str, float] = {}
+    for claim in TIME_CLAIMS:
+        if claim not in claims:
+            continue
+        value = claims[claim]
+        # NaN and the infinities fail the comparison; an int past a float's range is only compared.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= LATEST_NUMERIC_DATE
+        ):
+            raise AuthenticationFailed(f"claim {claim} is not a NumericDate")
+        dates[claim] = float(value)
+    return dates
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
@@ -226,12 +251,15 @@ class TokenVerifier:
         except (JOSEError, TypeError, ValueError, OverflowError) as error:
             # python-jose lets int() fail on exp/nbf/iat of the wrong type (null, a list, Infinity).
             raise AuthenticationFailed(str(error)) from error
+        dates = numeric_dates(claims)
         now = time.time()
-        issued_at = claims.get("iat")
-        if isinstance(issued_at, int | float) and issued_at > now + self.leeway:
+        if dates.get("iat", now) > now + self.leeway:
             raise AuthenticationFailed("token issued in the future")
-        # python-jose checked exp against its own clock; this one is the clock the cache uses.
-        if float(claims["exp"]) < now - self.leeway:
+        # python-jose checked exp and nbf against its own clock, in whole seconds; this one is
+        # the clock the cache uses.
+        if dates.get("nbf", now) > now + self.leeway:
+            raise AuthenticationFailed("token not valid yet")
+        if dates["exp"] < now - self.leeway:
             raise AuthenticationFailed("token expired")
         return claims
 

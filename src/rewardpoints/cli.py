@@ -67,6 +67,8 @@ def migrate(settings: Settings) -> None:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from .api.protocol import http_protocol
+
     migrate(settings)
     if not settings.has_configured_key:
         settings.signing_secret()  # create the shared development secret before workers start
@@ -89,6 +91,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         proxy_headers=True,
+        http=http_protocol(settings),
     )
     return 0
 

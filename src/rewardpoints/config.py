@@ -100,6 +100,17 @@ class Settings(BaseSettings):
     # A streamed answer (summaryBatch, a long summary) whose client takes nothing for this long
     # is ended, and its database connections given up (api/streaming.py); 0: never.
     stream_send_timeout_seconds: float = Field(default=60.0, ge=0, le=3600)
+    # A request's headers must arrive within this long of its first byte (of the connection's
+    # opening, for the first), and its body within this long of its headers; past either the
+    # client is answered 408 and the connection closed (api/protocol.py); 0: no limit.
+    header_timeout_seconds: float = Field(default=10.0, ge=0, le=300)
+    body_timeout_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # A connection closed while its request is still arriving (a 413 answered before the body
+    # is read) is closed gracefully: the rest of the request is read and thrown away, up to
+    # this many bytes for up to this long, so the client gets the answer rather than a reset
+    # (api/protocol.py); 0 seconds: close at once.
+    lingering_close_seconds: float = Field(default=5.0, ge=0, le=300)
+    lingering_close_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -148,8 +148,11 @@ def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def instance_of(request: Request) -> str:
-    path = request.url.path
-    root = request.scope.get("root_path", "")
+    return instance_of_path(request.url.path, request.scope.get("root_path", ""))
+
+
+def instance_of_path(path: str, root: str = "") -> str:
+    """The path as Emporix writes it in a body: without the root path and ``/reward-points``."""
     if root and path.startswith(root):
         path = path[len(root) :]
     return path[len(API_PREFIX) :] or "/" if path.startswith(API_PREFIX) else path
@@ -162,12 +165,19 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
 def bad_request(
     request: Request, detail: str, errors: list[dict[str, Any]] | None = None, status: int = 400
 ) -> Response:
+    return problem(status, detail, instance_of(request), errors)
+
+
+def problem(
+    status: int, detail: str, instance: str, errors: list[dict[str, Any]] | None = None
+) -> Response:
+    """The 400 shape, for any 4xx about the request itself."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
-        "instance": instance_of(request),
+        "instance": instance,
     }
     if errors:
         body["errors"] = errors
