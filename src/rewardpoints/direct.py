@@ -184,7 +184,12 @@ class Direct:
         try:
             # The pool's connection itself, without SQLAlchemy's Connection around it: a
             # quarter of the CPU of engine.connect() for the checkout and the return.
-            pooled = await self.engine.raw_connection()
+            try:
+                pooled = await self.engine.raw_connection()
+            except Exception as error:
+                # No connection, whatever the server said (starting, shut to connections, no
+                # such database or role): the database is not usable now.
+                raise DatabaseUnavailable(f"no connection to the database: {error}") from error
             driver: asyncpg.Connection = pooled.driver_connection
             try:
                 result = await getattr(driver, method)(sql, *args)
