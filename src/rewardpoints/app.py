@@ -25,6 +25,7 @@ from .db import Clock, create_engine, is_unavailable
 from .documents import BatchExport, Documents, StreamSlots
 from .idempotency import IdempotencyStore
 from .ledger import Ledger
+from .logs import with_request_id
 from .outbox import Outbox
 from .rewards import build_rewards
 
@@ -44,6 +45,8 @@ class RewardPointsApp(FastAPI):
     fast_lane: FastLane | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = with_request_id(scope, send)
         if self.fast_lane is None:
             await super().__call__(scope, receive, send)
         else:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -111,9 +111,17 @@ def load_settings() -> Settings:
         fail("; ".join(problems), CONFIGURATION_ERROR)
 
 
-def _configure_logging(level: LogLevel) -> None:
-    numeric = logging.DEBUG if level in (LogLevel.debug, LogLevel.trace) else level.value.upper()
-    logging.basicConfig(level=numeric, format="%(levelname)s %(name)s: %(message)s")
+def _configure_logging(level: LogLevel, settings: Settings | None = None) -> dict[str, Any]:
+    """The process log as configured (text until the settings are read); returns the
+    configuration, for uvicorn to apply in its workers too."""
+    import logging.config
+
+    from .logs import log_config
+
+    name = "DEBUG" if level is LogLevel.trace else level.value.upper()
+    config = log_config(settings.log_format if settings else "text", name)
+    logging.config.dictConfig(config)
+    return config
 
 
 @contextlib.contextmanager
@@ -235,8 +243,8 @@ def serve(
     REWARDPOINTS_DATA_DIR. Without a configured JWT key it signs with a development key, and
     then serves on loopback only.
     """
-    _configure_logging(log_level)
     settings = load_settings()
+    logs = _configure_logging(log_level, settings)
     if not settings.has_configured_key and not is_loopback(host):
         fail(
             f"--host {host} serves beyond this machine, but no JWT key is configured: set "
@@ -245,11 +253,17 @@ def serve(
             CONFIGURATION_ERROR,
         )
     with failures(log_level), database(settings) as settings:
-        _serve(settings, host, port, workers, log_level, access_log)
+        _serve(settings, host, port, workers, log_level, access_log, logs)
 
 
 def _serve(
-    settings: Settings, host: str, port: int, workers: int, level: LogLevel, access_log: bool
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    level: LogLevel,
+    access_log: bool,
+    logs: dict[str, Any],
 ) -> None:
     import uvicorn
 
@@ -273,6 +287,7 @@ def _serve(
         port=port,
         workers=workers,
         log_level=level.value,
+        log_config=logs,
         access_log=access_log,
         proxy_headers=True,
     )
@@ -299,8 +314,8 @@ def _alembic(level: LogLevel, verb: str, *args: object, **kwargs: object) -> Non
     """Run one of Alembic's commands on the configured (or embedded) database."""
     from alembic import command
 
-    _configure_logging(level)
     settings = load_settings()
+    _configure_logging(level, settings)
     run = getattr(command, verb)
     with (
         failures(level),

@@ -7,7 +7,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     outbox_lease_seconds: float = Field(default=60.0, gt=0, le=3600)
     # How often each process looks for intents whose lease has run out.
     outbox_poll_seconds: float = Field(default=1.0, gt=0, le=600)
+
+    # The process log, uvicorn's access log included: text, or one JSON object a line.
+    log_format: Literal["text", "json"] = "text"
 
     max_body_bytes: int = Field(default=65536, ge=1024)
     # How long the first answer to an Idempotency-Key is kept and replayed.

@@ -235,6 +235,8 @@ def render(request: Request, error: RewardPointsError) -> Response:
             field = getattr(error, "field", None) or "points"
             return bad_request(request, str(error), [{"field": field, "message": str(error)}])
         case AuthenticationFailed():
+            # Why, for the operator (expired, bad signature, unknown key, ...); never the token.
+            log.info("401 unauthorized: %s", error)
             return unauthorized()
         case Forbidden():
             return forbidden(str(error), error.details)
