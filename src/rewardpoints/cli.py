@@ -11,8 +11,10 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -244,6 +246,10 @@ def serve(
     then serves on loopback only.
     """
     settings = load_settings()
+    if settings.metrics_enabled:
+        # Before anything imports prometheus_client: every process writes its values here.
+        metrics_dir = tempfile.mkdtemp(prefix="rewardpoints-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     logs = _configure_logging(log_level, settings)
     if not settings.has_configured_key and not is_loopback(host):
         fail(
@@ -252,8 +258,12 @@ def serve(
             "REWARDPOINTS_JWT_JWKS_URL; the development key is only for --host 127.0.0.1",
             CONFIGURATION_ERROR,
         )
-    with failures(log_level), database(settings) as settings:
-        _serve(settings, host, port, workers, log_level, access_log, logs)
+    try:
+        with failures(log_level), database(settings) as settings:
+            _serve(settings, host, port, workers, log_level, access_log, logs)
+    finally:
+        if settings.metrics_enabled:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)
 
 
 def _serve(

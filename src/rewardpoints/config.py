@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # How often each process looks for intents whose lease has run out.
     outbox_poll_seconds: float = Field(default=1.0, gt=0, le=600)
 
+    # /metrics in Prometheus' format (metrics.py); off, as it tells business totals.
+    metrics_enabled: bool = False
     # The process log, uvicorn's access log included: text, or one JSON object a line.
     log_format: Literal["text", "json"] = "text"
 

@@ -52,6 +52,19 @@ async def swagger_asset(name: str) -> Response:
 log = logging.getLogger("rewardpoints")
 
 
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format; a 404 unless REWARDPOINTS_METRICS_ENABLED is true."""
+    if not request.app.state.settings.metrics_enabled:
+        return json_response(
+            404, {"type": "resource_not_found", "status": 404, "message": "Not Found"}
+        )
+    from ..metrics import exposition
+
+    body, media_type = exposition()
+    return Response(body, media_type=media_type)
+
+
 @router.get("/health/live")
 async def live() -> Response:
     return json_response(200, {"status": "UP"})

@@ -33,6 +33,7 @@ from ..errors import (
     Unavailable,
     VersionConflict,
 )
+from ..metrics import REFUSALS
 
 log = logging.getLogger("rewardpoints")
 
@@ -230,6 +231,8 @@ def version_conflict(message: str) -> Response:
 
 
 def render(request: Request, error: RewardPointsError) -> Response:
+    if not isinstance(error, Unavailable):
+        REFUSALS.labels(type(error).__name__).inc()
     match error:
         case InsufficientPoints() | InvalidRequest():
             field = getattr(error, "field", None) or "points"
