@@ -3,12 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: install run test test-fast lint format system-deps bench clean
 
-$(STAMP): pyproject.toml
+# The service alone (what `make run` needs), and everything for tests and lint.
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP)
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -16,7 +22,7 @@ install: $(STAMP)
 
 ## Serve the API on 127.0.0.1:8000 on the embedded PostgreSQL in ./.rewardpoints (no other
 ## PostgreSQL needed; the first start creates it in a few seconds).
-run: install
+run: $(RUNTIME_STAMP)
 	$(BIN)/rewardpoints serve
 
 ## Chromium for the browser tests, and the local PostgreSQL started if it is down.

@@ -226,10 +226,15 @@ def socket_owner(local_port: int, pids: list[int]) -> int | None:
 
 @contextlib.contextmanager
 def server_process(
-    env: dict[str, str], *, workers: int = 1, timeout: float = 30.0
+    env: dict[str, str],
+    *,
+    workers: int = 1,
+    timeout: float = 30.0,
+    args: tuple[str, ...] = (),
 ) -> Iterator[ServerProcess]:
     """Like ``running_server``, but yields the process too, so a test can kill, stop or
-    restart it; a server the test already killed is simply reaped."""
+    restart it; a server the test already killed is simply reaped. ``args`` are added to
+    ``serve``'s (an option given again wins)."""
     port = free_port()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("REWARDPOINTS_")}
     workdir = tempfile.mkdtemp(prefix="rewardpoints-server-")
@@ -248,6 +253,7 @@ def server_process(
             "--no-access-log",
             "--log-level",
             "warning",
+            *args,  # later options win
         ],
         env={**inherited, **env},
         cwd=workdir,

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
 
@@ -598,8 +599,17 @@ def assert_unavailable(response: httpx.Response, path: str) -> None:
     assert TIMESTAMP.fullmatch(body["timestamp"]), body["timestamp"]
 
 
-async def test_unreachable_database_answers_503_without_a_stack_trace(tenant: str) -> None:
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"  # nothing listens there
+@pytest.mark.parametrize("where", ["nothing listening", "no such database", "no such role"])
+async def test_unreachable_database_answers_503_without_a_stack_trace(
+    tenant: str, pg_url: str, where: str
+) -> None:
+    server = make_url(pg_url)
+    if where == "nothing listening":
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"
+    elif where == "no such database":
+        url = server.set(database="rp_no_such_database").render_as_string(hide_password=False)
+    else:
+        url = server.set(username="rp_no_such_role").render_as_string(hide_password=False)
     app = create_app(make_settings(url))
     headers = bearer(token(tenant))
     try:

@@ -141,6 +141,125 @@ def test_migrate_twice_is_harmless_and_keeps_the_data(tmp_path: Path, fresh_db: 
     assert query(fresh_db, "SELECT tenant, customer_id FROM accounts") == [("acme", "c1")]
 
 
+def test_migrate_verbs_move_the_schema_to_a_revision_and_report_it(
+    tmp_path: Path, fresh_db: str
+) -> None:
+    """Alembic's verbs: upgrade to a revision, current, downgrade, history, and --sql, on a
+    plain ``postgresql://`` URL (no driver named: the service's asyncpg)."""
+    plain = fresh_db.replace("postgresql+asyncpg://", "postgresql://")
+    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=plain)
+    head = head_revision()
+    script = ScriptDirectory(str(migrations_dir()))
+    previous = script.get_revision(head).down_revision
+    assert isinstance(previous, str)
+
+    assert run(["migrate", "upgrade", previous], env, tmp_path).returncode == 0
+    assert schema_version(fresh_db) == [previous]
+    current = run(["migrate", "current"], env, tmp_path)
+    assert current.returncode == 0, current.stderr
+    assert current.stdout.split()[0] == previous
+
+    offline = run(["migrate", "upgrade", "--sql"], env, tmp_path)
+    assert offline.returncode == 0, offline.stderr
+    assert "CREATE TABLE outbox" in offline.stdout
+    assert schema_version(fresh_db) == [previous]  # printed, not run
+
+    assert run(["migrate", "upgrade"], env, tmp_path).returncode == 0
+    assert schema_version(fresh_db) == [head]
+    assert run(["migrate", "downgrade", "-1"], env, tmp_path).returncode == 0
+    assert schema_version(fresh_db) == [previous]
+    assert run(["migrate"], env, tmp_path).returncode == 0  # no verb: upgrade head
+    assert schema_version(fresh_db) == [head]
+
+    history = run(["migrate", "history"], clean_env(tmp_path), tmp_path)
+    assert history.returncode == 0, history.stderr
+    assert f"{previous} -> {head} (head)" in history.stdout
+
+
+@pytest.mark.parametrize(
+    ("variables", "names"),
+    [
+        ({"REWARDPOINTS_DATABASE_POOL_SIZE": "ten"}, "REWARDPOINTS_DATABASE_POOL_SIZE='ten'"),
+        ({"REWARDPOINTS_DATABASE_URL": "mysql://u@h/db"}, "is not PostgreSQL"),
+        ({"REWARDPOINTS_DATABASE_URL": "notaurl"}, "not a database URL"),
+        (
+            {"REWARDPOINTS_DATABASE_URL": "postgresql+psycopg://u@h/db"},
+            "driver 'psycopg' is not supported",
+        ),
+        ({"REWARDPOINTS_JWT_SECRET": "abc"}, "REWARDPOINTS_JWT_SECRET: must be at least 32 bytes"),
+        ({"REWARDPOINTS_JWT_PUBLIC_KEY": "/nowhere/key.pem"}, "REWARDPOINTS_JWT_PUBLIC_KEY="),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve"], ["migrate"]])
+def test_a_bad_setting_is_one_line_naming_its_variable(
+    tmp_path: Path, variables: dict[str, str], names: str, command: list[str]
+) -> None:
+    result = run(command, clean_env(tmp_path, **variables), tmp_path)
+
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("rewardpoints: ")
+    assert names in lines[0]
+    assert "abc" not in lines[0]  # a secret is never echoed
+    assert not (tmp_path / ".rewardpoints").exists()  # nothing was started
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--log-level", "bogus"],
+        ["serve", "--port", "0"],
+        ["serve", "--workers", "0"],
+        ["token", "--tenant", "acme", "--ttl", "-5"],
+        ["token", "--tenant", "acme", "--ttl", "0"],
+    ],
+)
+def test_a_bad_option_is_refused_before_any_work(tmp_path: Path, args: list[str]) -> None:
+    result = run(args, clean_env(tmp_path, REWARDPOINTS_JWT_SECRET=TEST_SECRET), tmp_path)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "Invalid value for '--" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".rewardpoints").exists()
+
+
+def test_an_unreachable_database_is_one_line_and_a_traceback_only_at_debug(
+    tmp_path: Path,
+) -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    env = clean_env(tmp_path, REWARDPOINTS_DATABASE_URL=url)
+
+    plain = run(["migrate"], env, tmp_path)
+    debug = run(["migrate", "--log-level", "debug"], env, tmp_path)
+
+    assert plain.returncode == debug.returncode == 1
+    [line] = plain.stderr.strip().splitlines()
+    assert line.startswith("rewardpoints: cannot use the database at REWARDPOINTS_DATABASE_URL")
+    assert "Traceback" in debug.stderr
+
+
+def test_serving_beyond_loopback_needs_a_configured_key(tmp_path: Path) -> None:
+    result = run(["serve", "--host", "0.0.0.0"], clean_env(tmp_path), tmp_path)  # noqa: S104
+
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert "no JWT key is configured" in line
+    assert not (tmp_path / ".rewardpoints").exists()
+    assert not (tmp_path / "config" / DEV_SECRET).exists()
+
+
+def test_version_and_help_show_the_commands_and_defaults(tmp_path: Path) -> None:
+    version = run(["--version"], clean_env(tmp_path), tmp_path)
+    assert version.returncode == 0
+    assert version.stdout.strip().startswith("rewardpoints ")
+    help_text = run(["serve", "--help"], clean_env(tmp_path, COLUMNS="200"), tmp_path)
+    assert help_text.returncode == 0
+    for shown in ("127.0.0.1", "8000", "critical|error|warning|info|debug|trace"):
+        assert shown in help_text.stdout
+
+
 # ---- token --------------------------------------------------------------------------------
 
 

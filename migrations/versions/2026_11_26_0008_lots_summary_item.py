@@ -253,7 +253,11 @@ def upgrade() -> None:
         # held only that long); from then on each redemption stores its items, and the service
         # reads the lots correctly whether their items are filled yet or not.
         with op.get_context().autocommit_block():
-            _fill(op.get_bind())
+            if op.get_context().as_sql:
+                # Printed SQL (migrate --sql): one statement for every lot.
+                op.execute(_SET_ITEM.replace("(:tenant, :id)", "('', '')"))
+            else:
+                _fill(op.get_bind())
 
 
 def downgrade() -> None:

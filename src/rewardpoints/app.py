@@ -25,6 +25,8 @@ from .db import Clock, create_engine, is_unavailable
 from .documents import BatchExport, Documents, StreamSlots
 from .idempotency import IdempotencyStore
 from .ledger import Ledger
+from .logs import with_request_id
+from .metrics import count_pool_connections, measured
 from .outbox import Outbox
 from .rewards import build_rewards
 
@@ -42,8 +44,17 @@ class RewardPointsApp(FastAPI):
     layers only catch errors, which the fast lane answers as they would."""
 
     fast_lane: FastLane | None = None
+    measured: bool = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            send = with_request_id(scope, send)
+            if self.measured:
+                await measured(self._serve, scope, receive, send)
+                return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_lane is None:
             await super().__call__(scope, receive, send)
         else:
@@ -151,6 +162,9 @@ def create_app(
             max_header_bytes=MAX_HEADER_BYTES,
             max_target_bytes=MAX_TARGET_BYTES,
         )
+    if settings.metrics_enabled:
+        app.measured = True
+        count_pool_connections(engine)
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app

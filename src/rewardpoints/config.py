@@ -7,7 +7,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +27,10 @@ class Site:
 def _default_dev_secret_file() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     return Path(base) / "rewardpoints" / "dev-secret"
+
+
+# RFC 7518 §3.2: an HS256 secret of at least 256 bits.
+MIN_SECRET_BYTES = 32
 
 
 class Settings(BaseSettings):
@@ -73,6 +77,11 @@ class Settings(BaseSettings):
     # How often each process looks for intents whose lease has run out.
     outbox_poll_seconds: float = Field(default=1.0, gt=0, le=600)
 
+    # /metrics in Prometheus' format (metrics.py); off, as it tells business totals.
+    metrics_enabled: bool = False
+    # The process log, uvicorn's access log included: text, or one JSON object a line.
+    log_format: Literal["text", "json"] = "text"
+
     max_body_bytes: int = Field(default=65536, ge=1024)
     # How long the first answer to an Idempotency-Key is kept and replayed.
     idempotency_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
@@ -115,7 +124,22 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _url_or_embedded(cls, value: str | None) -> str | None:
-        return None if value is None or value.strip() == "" else value.strip()
+        if value is None or value.strip() == "":
+            return None
+        return asyncpg_url(value.strip())
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or value.get_secret_value() == "":
+            return None
+        if len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            # RFC 7518 §3.2: an HS256 key is at least as long as the hash, 256 bits.
+            raise ValueError(
+                f"must be at least {MIN_SECRET_BYTES} bytes (RFC 7518 3.2); make one with "
+                "`openssl rand -hex 32`"
+            )
+        return value
 
     @field_validator("jwt_public_key")
     @classmethod
@@ -125,7 +149,12 @@ class Settings(BaseSettings):
             return None
         if "-----BEGIN" in value:
             return value
-        return Path(value).read_text()
+        try:
+            return Path(value).read_text()
+        except OSError as error:
+            raise ValueError(
+                f"neither PEM text nor a readable file ({error.strerror}: {value})"
+            ) from None
 
     @field_validator("coupon_service_url")
     @classmethod
@@ -178,6 +207,30 @@ class Settings(BaseSettings):
         if self.sites_file is None:
             return {"main": Site(code="main", validity_in_months=self.validity_months)}
         return load_sites(self.sites_file, self.validity_months)
+
+
+def asyncpg_url(url: str) -> str:
+    """The URL with the driver the service uses: ``postgresql://`` and ``postgres://`` mean
+    asyncpg; another driver, or not a PostgreSQL URL, is refused."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(
+            "not a database URL; expected postgresql://user:password@host:5432/database"
+        ) from None
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"{backend!r} is not PostgreSQL; expected postgresql://user:password@host:5432/database"
+        )
+    if driver not in ("", "asyncpg"):
+        raise ValueError(
+            f"driver {driver!r} is not supported; use postgresql:// (the service uses asyncpg)"
+        )
+    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
 
 
 def _pem_algorithm(pem: str) -> str:

@@ -19,6 +19,7 @@ from sqlalchemy.util import await_only
 
 from .config import Settings
 from .errors import DatabaseUnavailable
+from .metrics import POOL_WAITING
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -133,10 +134,13 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A pooled connection. Failing to get one is the database being unavailable, whatever
     the server answered (starting up, shut to connections, too many clients, ...)."""
     conn = engine.connect()
+    POOL_WAITING.inc()
     try:
         await conn.start()
     except DBAPIError as error:
         raise DatabaseUnavailable(f"no connection to the database: {error.orig}") from error
+    finally:
+        POOL_WAITING.dec()
     try:
         yield conn
     finally:

@@ -28,6 +28,7 @@ from sqlalchemy.util.concurrency import greenlet_spawn
 
 from .db import MAX_ATTEMPTS, RETRY_SQLSTATES, is_unavailable, pause_before_retry
 from .errors import DatabaseUnavailable
+from .metrics import POOL_WAITING
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -184,7 +185,15 @@ class Direct:
         try:
             # The pool's connection itself, without SQLAlchemy's Connection around it: a
             # quarter of the CPU of engine.connect() for the checkout and the return.
-            pooled = await self.engine.raw_connection()
+            POOL_WAITING.inc()
+            try:
+                pooled = await self.engine.raw_connection()
+            except Exception as error:
+                # No connection, whatever the server said (starting, shut to connections, no
+                # such database or role): the database is not usable now.
+                raise DatabaseUnavailable(f"no connection to the database: {error}") from error
+            finally:
+                POOL_WAITING.dec()
             driver: asyncpg.Connection = pooled.driver_connection
             try:
                 result = await getattr(driver, method)(sql, *args)

@@ -11,7 +11,12 @@ import asyncio
 import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, aclosing, contextmanager
+from contextlib import (
+    AsyncExitStack,
+    aclosing,
+    asynccontextmanager,
+    contextmanager,
+)
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -25,6 +30,7 @@ from sqlalchemy.pool import QueuePool
 from .db import is_unavailable, read_transaction, single_read
 from .direct import KeyedGate
 from .errors import CustomerNotFound, DatabaseUnavailable
+from .metrics import EXPORTS
 
 
 @dataclass(slots=True)
@@ -56,9 +62,15 @@ class BatchExport:
             f" none ended within {self.wait_seconds:g} s",
         )
 
-    def turn(self) -> AbstractAsyncContextManager[None]:
+    @asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
         """One of the ``exports`` turns, held until the block ends."""
-        return self._turns.hold(None)
+        async with self._turns.hold(None):
+            EXPORTS.inc()
+            try:
+                yield
+            finally:
+                EXPORTS.dec()
 
     @contextmanager
     def claim(self, wanted: int) -> Iterator[int]:

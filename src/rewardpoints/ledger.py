@@ -35,6 +35,7 @@ from .errors import (
     OrderConflict,
     UnknownSite,
 )
+from .metrics import POINTS
 
 T = TypeVar("T")
 
@@ -146,6 +147,8 @@ class Ledger:
             answer,
             refused=partial(_raise_refusal, entry_id=lot["id"]),
         )
+        if start is not None:
+            POINTS.labels("added").inc(start.points)
 
     async def delete_customer(self, tenant: str, customer_id: str) -> None:
         def answer(row: Row[Any]) -> None:
@@ -183,7 +186,7 @@ class Ledger:
         }
         if (await conn.execute(_CHARGE_BACK_CALL, params)).scalar_one() == "not_found":
             raise CustomerNotFound(customer_id)
-        return lot_id
+        return lot_id  # counted by the caller once its transaction commits
 
     async def lock_account(self, conn: AsyncConnection, tenant: str, customer_id: str) -> bool:
         """Hold the customer's account row for the caller's transaction; False when the
@@ -198,19 +201,23 @@ class Ledger:
         """Spend active lots oldest first. Returns the redemption's id."""
         params, answer = self._redemption(tenant, customer_id, redemption)
         if active_transaction_hook() is None:
-            return answer(await self.redemptions.submit(tuple(params.values())))
-        return await self._call(_REDEEM_CALL, params, answer)
+            redeemed = answer(await self.redemptions.submit(tuple(params.values())))
+        else:
+            redeemed = await self._call(_REDEEM_CALL, params, answer)
+        if redeemed.new:
+            POINTS.labels("redeemed").inc(redemption.points)
+        return redeemed.id
 
     async def redeem_points_in(
         self, conn: AsyncConnection, tenant: str, customer_id: str, redemption: NewRedemption
     ) -> str:
         """``redeem_points`` in the caller's transaction."""
         params, answer = self._redemption(tenant, customer_id, redemption)
-        return answer((await conn.execute(_REDEEM_CALL, params)).one())
+        return answer((await conn.execute(_REDEEM_CALL, params)).one()).id
 
     def _redemption(
         self, tenant: str, customer_id: str, redemption: NewRedemption
-    ) -> tuple[dict[str, Any], Callable[[Any], str]]:
+    ) -> tuple[dict[str, Any], Callable[[Any], Written]]:
         """A redemption's arguments to rewardpoints_redeem, and its answer as the ledger's."""
         redemption_id = redemption.id or str(uuid.uuid4())
         params = {
@@ -223,7 +230,7 @@ class Ledger:
             "hash": redemption.fingerprint(customer_id),
         }
 
-        def answer(row: Any) -> str:
+        def answer(row: Any) -> Written:
             outcome, available = row
             if outcome == "not_found":
                 raise CustomerNotFound(customer_id)
@@ -231,7 +238,7 @@ class Ledger:
                 raise EntryConflict(redemption_id)
             if outcome == "insufficient":
                 raise InsufficientPoints(redemption.points, int(available))
-            return redemption_id
+            return Written(redemption_id, outcome == "redeemed")
 
         return params, answer
 
@@ -266,26 +273,33 @@ class Ledger:
             if state == "RPORD":
                 raise OrderConflict(order_id) from None
 
-        return await self._call(_AWARD_ORDER_CALL, params, answer, refused=refused)
+        order = await self._call(_AWARD_ORDER_CALL, params, answer, refused=refused)
+        if order.created:
+            POINTS.labels("added").inc(order.points)
+        return order
 
     # ---- how calls are sent ------------------------------------------------------------
 
     async def _add(self, params: dict[str, Any]) -> str:
         entry_id = params["id"]
 
-        def answer(row: Any) -> str:
+        def answer(row: Any) -> Written:
             _raise_refusal(row[0], entry_id)  # as rewardpoints_add_many answers them
-            return str(row[1])
+            return Written(str(row[1]), row[0] == "added")
 
         if active_transaction_hook() is None:
             try:
-                return answer(await self.additions.submit(tuple(params.values())))
+                added = answer(await self.additions.submit(tuple(params.values())))
             except StatementError as error:  # raised by rewardpoints_add alone
                 _raise_refusal(error.sqlstate, entry_id)
                 raise
-        return await self._call(
-            _ADD_CALL, params, answer, refused=partial(_raise_refusal, entry_id=entry_id)
-        )
+        else:
+            added = await self._call(
+                _ADD_CALL, params, answer, refused=partial(_raise_refusal, entry_id=entry_id)
+            )
+        if added.new:
+            POINTS.labels("added").inc(params["points"])
+        return added.id
 
     async def _call(
         self,
@@ -344,6 +358,14 @@ class Ledger:
             one_by_one_on=(StatementError,),
             again_alone=lambda result: result[0] == "busy",
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """An entry's id, and whether this call wrote it (not a retry of one written before)."""
+
+    id: str
+    new: bool
 
 
 def _lot_arguments(lot: NewLot, customer_id: str, validity_months: int) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .errors import (
 )
 from .idempotency import IdempotencyStore, KeyClaim, StoredResponse
 from .ledger import AwardedOrder, Ledger, NewRedemption
+from .metrics import POINTS
 from .outbox import Intent, Outbox
 from .redeem_options import RedeemOption, RedeemOptionStore
 
@@ -189,7 +190,9 @@ class Rewards:
             )
             return await self.outbox.add(conn, tenant, COUPON_INTENT, payload)
 
-        return await run_transaction(self.ledger.engine, spend)
+        intent: Intent = await run_transaction(self.ledger.engine, spend)
+        POINTS.labels("redeemed").inc(option.points)
+        return intent
 
     async def settle(self, intent: Intent) -> RedeemOutcome:
         """Issue the coupon of a redemption's intent, or charge its points back; and record
@@ -226,6 +229,8 @@ class Rewards:
             return outcome
 
         outcome = await run_transaction(self.ledger.engine, complete)
+        if outcome is not None and outcome.charged_back:
+            POINTS.labels("charged_back").inc(outcome.points)
         if outcome is None:
             # Settled by another run of the same intent: its outcome is the answer.
             stored = await self.outbox.outcome(intent)

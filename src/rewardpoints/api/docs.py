@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from importlib import resources
 
 from fastapi import APIRouter, Request
@@ -48,6 +49,22 @@ async def swagger_asset(name: str) -> Response:
     )
 
 
+log = logging.getLogger("rewardpoints")
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus' text format; a 404 unless REWARDPOINTS_METRICS_ENABLED is true."""
+    if not request.app.state.settings.metrics_enabled:
+        return json_response(
+            404, {"type": "resource_not_found", "status": 404, "message": "Not Found"}
+        )
+    from ..metrics import exposition
+
+    body, media_type = exposition()
+    return Response(body, media_type=media_type)
+
+
 @router.get("/health/live")
 async def live() -> Response:
     return json_response(200, {"status": "UP"})
@@ -59,8 +76,8 @@ async def ready(request: Request) -> Response:
     try:
         async with ledger.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
-    except Exception as error:
-        if not is_unavailable(error):
-            raise
+    except Exception as error:  # noqa: BLE001 - whatever the database's failure: not ready
+        level = logging.WARNING if is_unavailable(error) else logging.ERROR
+        log.log(level, "not ready: the database failed: %s", error, exc_info=level >= logging.ERROR)
         return server_error(request, 503)
     return json_response(200, {"status": "UP"})

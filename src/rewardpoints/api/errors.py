@@ -33,6 +33,7 @@ from ..errors import (
     Unavailable,
     VersionConflict,
 )
+from ..metrics import REFUSALS
 
 log = logging.getLogger("rewardpoints")
 
@@ -240,11 +241,15 @@ def version_conflict(message: str) -> Response:
 
 
 def render(request: Request, error: RewardPointsError) -> Response:
+    if not isinstance(error, Unavailable):
+        REFUSALS.labels(type(error).__name__).inc()
     match error:
         case InsufficientPoints() | InvalidRequest():
             field = getattr(error, "field", None) or "points"
             return bad_request(request, str(error), [{"field": field, "message": str(error)}])
         case AuthenticationFailed():
+            # Why, for the operator (expired, bad signature, unknown key, ...); never the token.
+            log.info("401 unauthorized: %s", error)
             return unauthorized()
         case Forbidden():
             return forbidden(str(error), error.details)

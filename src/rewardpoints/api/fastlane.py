@@ -34,12 +34,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..auth import MANAGE_SCOPES, VIEW_SCOPES, Principal, TokenVerifier
 from ..ledger import Ledger
+from ..metrics import ROUTE_KEY
 from .deps import DEFAULT_SITE_CODE, MAX_CUSTOMER_ID_LENGTH
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .limits import MAX_JSON_NESTING, json_nesting_exceeds, request_line_and_headers_problem
 from .schemas import AddedPointsIn, RedeemedPointsIn
 
 PREFIX = "/reward-points/customer/"
+# The templates of the routes these requests take otherwise (management.py), for the metrics.
+BALANCE_ROUTE = "/reward-points/customer/{customerId}"
+ADD_ROUTE = "/reward-points/customer/{customerId}/addPoints"
+REDEEM_ROUTE = "/reward-points/customer/{customerId}/redeemPoints"
 _IDEMPOTENCY_HEADER = IDEMPOTENCY_HEADER.lower().encode()
 
 
@@ -98,14 +103,17 @@ class FastLane:
         method = scope["method"]
         if method == "GET":
             if "/" not in rest:
+                scope[ROUTE_KEY] = BALANCE_ROUTE
                 await self._balance(scope, receive, send, rest)
                 return
         elif method == "POST":
             customer_id, _, action = rest.partition("/")
             if action == "addPoints":
+                scope[ROUTE_KEY] = ADD_ROUTE
                 await self._write(scope, receive, send, customer_id, AddedPointsIn, self._add)
                 return
             if action == "redeemPoints":
+                scope[ROUTE_KEY] = REDEEM_ROUTE
                 await self._write(scope, receive, send, customer_id, RedeemedPointsIn, self._redeem)
                 return
         await self.app(scope, receive, send)
