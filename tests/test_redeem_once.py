@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
 from rewardpoints.coupons import BuiltInCoupons
+from rewardpoints.idempotency import KeyClaim, fingerprint
 
 from .conftest import MANAGE, TEST_SECRET, VIEW, bearer, make_settings, token
 from .coupon_service import FakeCouponService
@@ -359,3 +361,63 @@ async def test_an_intent_whose_run_was_lost_is_settled_by_one_runner_after_its_l
     assert len(coupons.json()) == 5
     assert summary["activePoints"] == 50
     assert len(summary["summary"]["addedPointsList"]) == 1  # no chargeback
+
+
+def _redeem_body(option_id: str) -> bytes:
+    return json.dumps({"id": option_id}).encode()
+
+
+def _claim(tenant: str, customer_id: str, option_id: str, key: str) -> KeyClaim:
+    """The claim a redeem request with this body and key makes (api/idempotency.claim_of)."""
+    path = f"{PUBLIC}/redeem"
+    return KeyClaim(
+        tenant, key, fingerprint("POST", path, "", customer_id, _redeem_body(option_id))
+    )
+
+
+async def _retry(
+    client: httpx.AsyncClient, tenant: str, customer_id: str, option_id: str, key: str
+) -> httpx.Response:
+    headers = {
+        **_customer(tenant, customer_id),
+        "Idempotency-Key": key,
+        "Content-Type": "application/json",
+    }
+    return await client.post(f"{PUBLIC}/redeem", content=_redeem_body(option_id), headers=headers)
+
+
+async def test_a_customer_deleted_and_created_again_before_the_settling_gets_nothing_of_it(
+    database_url: str, clock: FakeClock, tenant: str
+) -> None:
+    """The points are spent and the process dies; before the outbox settles the redemption,
+    the customer is deleted (the redemption with it) and gets an entry again. The redemption is
+    settled as one that came after the delete: no coupon, no chargeback for the new entry, and
+    the key's answer is the 404."""
+    settings = make_settings(database_url)
+    app = create_app(settings, clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            option_id = await _option(client, "", tenant)
+            await _give(client, "", tenant, "c1")
+            await app.state.rewards.spend(
+                tenant, "c1", option_id, "main", key=_claim(tenant, "c1", option_id, "k"), path="/p"
+            )
+            deleted = await client.delete("/reward-points/customer/c1", headers=_admin(tenant))
+            assert deleted.status_code == 200, deleted.text
+            await _give(client, "", tenant, "c1")
+
+            clock.advance(seconds=settings.outbox_lease_seconds + 1)
+            assert await app.state.outbox.run_due() == 1
+
+            answer = await _retry(client, tenant, "c1", option_id, "k")
+            assert answer.status_code == 404, answer.text
+            assert answer.headers["Idempotent-Replayed"] == "true"
+            summary = await _summary(client, "", tenant, "c1")
+            coupons = await client.get(f"{PUBLIC}/coupons", headers=_customer(tenant, "c1"))
+    finally:
+        await app.state.ledger.engine.dispose()
+    assert coupons.json() == []
+    assert summary["activePoints"] == 100
+    assert summary["summary"]["redeemedPointsList"] == []
+    assert [lot["description"] for lot in summary["summary"]["addedPointsList"]] == ["points added"]

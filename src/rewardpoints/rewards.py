@@ -244,9 +244,12 @@ class Rewards:
     ) -> RedeemOutcome:
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
         outcome = partial(RedeemOutcome, request.customer_id, points, path, at)
-        if not await self.ledger.lock_account(conn, request.tenant, request.customer_id):
+        if not await self.ledger.lock_redemption(
+            conn, request.tenant, request.customer_id, request.redemption_id
+        ):
             # Deleted since the points were spent: they went with the customer, who is not
-            # brought back by a chargeback; answered as if the delete came first.
+            # brought back by a chargeback, nor is an entry made for the customer since given
+            # a coupon or points for them; answered as if the delete came first.
             log.warning(
                 "customer %s was deleted before redemption %s was settled",
                 request.customer_id,
