@@ -11,6 +11,7 @@ import contextlib
 import json
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -421,3 +422,35 @@ async def test_a_customer_deleted_and_created_again_before_the_settling_gets_not
     assert summary["activePoints"] == 100
     assert summary["summary"]["redeemedPointsList"] == []
     assert [lot["description"] for lot in summary["summary"]["addedPointsList"]] == ["points added"]
+
+
+async def test_a_redemption_on_a_site_since_removed_from_the_configuration_is_settled(
+    database_url: str, clock: FakeClock, tenant: str, tmp_path: Path
+) -> None:
+    """The points are spent on site "de" and the process dies; the service comes back with a
+    configuration without "de". The outbox still settles the redemption, with the coupon under
+    the code drawn for it."""
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps({"main": {}, "de": {"codePrefix": "DE"}}))
+    after.write_text(json.dumps({"main": {}}))
+    settings = make_settings(database_url, sites_file=before)
+    first = create_app(settings, clock=clock)
+    second = create_app(make_settings(database_url, sites_file=after), clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=second)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            option_id = await _option(client, "", tenant)
+            await _give(client, "", tenant, "c1")
+            intent = await first.state.rewards.spend(
+                tenant, "c1", option_id, "de", key=None, path="/p"
+            )
+            clock.advance(seconds=settings.outbox_lease_seconds + 1)
+            assert await second.state.outbox.run_due() == 1
+            coupons = await client.get(f"{PUBLIC}/coupons", headers=_customer(tenant, "c1"))
+            summary = await _summary(client, "", tenant, "c1")
+    finally:
+        for app in (first, second):
+            await app.state.ledger.engine.dispose()
+    assert [coupon["code"] for coupon in coupons.json()] == [intent.payload["code"]]
+    assert intent.payload["code"].startswith("DE-")
+    assert summary["activePoints"] == 90

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .config import MAX_POINTS, Settings
+from .config import MAX_POINTS, Settings, Site
 from .coupons import CouponIssuer, CouponRequest, build_issuer
 from .db import read_transaction, run_transaction
 from .errors import (
@@ -172,6 +172,7 @@ class Rewards:
         payload: dict[str, Any] = {
             "customer": customer_id,
             "site": site.code,
+            "prefix": site.code_prefix,
             "option": option.id,
             "template": option.coupon,
             "points": option.points,
@@ -199,7 +200,7 @@ class Rewards:
         request = CouponRequest(
             tenant=intent.tenant,
             customer_id=payload["customer"],
-            site=self.ledger.site(payload["site"]),
+            site=self._site_of(payload),
             redeem_option_id=payload["option"],
             template=payload["template"],
             redemption_id=payload["redemption"],
@@ -232,6 +233,15 @@ class Rewards:
             assert stored is not None
             return RedeemOutcome.of_json(stored)
         return outcome
+
+    def _site_of(self, payload: dict[str, Any]) -> Site:
+        """The redemption's site as configured when its points were spent: a site gone from
+        the configuration since does not keep its redemptions from being settled."""
+        code = payload["site"]
+        if "prefix" in payload:
+            return Site(code, code_prefix=payload["prefix"])
+        # Recorded before intents held the site's prefix.
+        return self.ledger.sites.get(code) or Site(code)
 
     async def _settle_in(
         self,
