@@ -454,3 +454,37 @@ async def test_a_redemption_on_a_site_since_removed_from_the_configuration_is_se
     assert [coupon["code"] for coupon in coupons.json()] == [intent.payload["code"]]
     assert intent.payload["code"].startswith("DE-")
     assert summary["activePoints"] == 90
+
+
+async def test_a_key_whose_redemption_waits_for_the_outbox_longer_than_its_ttl_stays_claimed(
+    database_url: str, clock: FakeClock, tenant: str
+) -> None:
+    """The points are spent and the process dies; the key's time to live ends, and expired keys
+    are pruned, before the outbox settles the redemption. A retry with the key is still told
+    it is in progress (it does not spend again), and gets the redemption's answer once settled."""
+    settings = make_settings(database_url, idempotency_ttl_hours=0.001)  # 3.6 s
+    app = create_app(settings, clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            option_id = await _option(client, "", tenant)
+            await _give(client, "", tenant, "c1")
+            intent = await app.state.rewards.spend(
+                tenant, "c1", option_id, "main", key=_claim(tenant, "c1", option_id, "k"), path="/p"
+            )
+            clock.advance(seconds=10)
+            await app.state.idempotency.prune()
+            retried = await _retry(client, tenant, "c1", option_id, "k")
+            assert retried.status_code == 409, retried.text
+
+            clock.advance(seconds=settings.outbox_lease_seconds)
+            assert await app.state.outbox.run_due() == 1
+            answer = await _retry(client, tenant, "c1", option_id, "k")
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"code": intent.payload["code"]}
+            summary = await _summary(client, "", tenant, "c1")
+            coupons = await client.get(f"{PUBLIC}/coupons", headers=_customer(tenant, "c1"))
+    finally:
+        await app.state.ledger.engine.dispose()
+    assert [coupon["code"] for coupon in coupons.json()] == [intent.payload["code"]]
+    assert summary["activePoints"] == 90
