@@ -376,3 +376,21 @@ async def test_a_coupon_that_may_exist_unchecked_is_neither_charged_back_nor_mad
     assert {post.body["code"] for post in coupon_service.posts(tenant)} == {code.lower()}
     assert [key for key in coupon_service.coupons if key[0] == tenant] == [(tenant, code)]
     await assert_spent_without_chargeback(client, headers)
+
+
+async def test_a_refusal_after_a_lost_answer_finds_the_coupon_that_answer_created(
+    client: httpx.AsyncClient,
+    tenant: str,
+    headers: Headers,
+    customer: Headers,
+    option_id: str,
+    coupon_service: FakeCouponService,
+) -> None:
+    """The first attempt creates the coupon but its answer is lost; the retry is refused (a
+    4xx other than 409). The coupon exists: it is the customer's, and nothing is charged back."""
+    coupon_service.plans[tenant] = ["store-then-stall", "400"]
+    response = await redeem(client, customer, option_id)
+    assert response.status_code == 200, response.text
+    code = response.json()["code"]
+    assert [key for key in coupon_service.coupons if key[0] == tenant] == [(tenant, code)]
+    await assert_spent_without_chargeback(client, headers)

@@ -192,7 +192,8 @@ class EmporixCoupons:
     Each attempt has a timeout; timeouts, transport errors, 429 and 5xx answers are retried,
     with the same code, up to ``attempts`` times in all. Other 4xx answers fail at once. A 409
     ("duplicate coupon") is a taken code, unless an earlier attempt may have created the coupon
-    without us hearing back: then the coupon is read, and if it is this customer's it is ours.
+    without us hearing back: then the coupon is read, and if it is this customer's it is ours;
+    so it is before a refusal, or giving up, is taken for the coupon not being created.
     When that read fails, the coupon may exist: ``CouponIssueUncertain``, so that it is neither
     charged back nor made again under another code, and the outbox looks again later.
     """
@@ -268,6 +269,10 @@ class EmporixCoupons:
                 if status == 429 or status >= 500:
                     maybe_created = maybe_created or status >= 500
                     continue
+                # Refused now; an earlier attempt may still have created it.
+                ours = await self._own_code(client, request, code) if maybe_created else None
+                if ours is not None:
+                    return ours
                 raise CouponIssueFailed(f"the coupon service refused the coupon: {problem}")
             ours = await self._own_code(client, request, code) if maybe_created else None
             if ours is not None:
