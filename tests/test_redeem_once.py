@@ -1,8 +1,10 @@
 """A storefront redemption spends its points once per Idempotency-Key, across processes, and
 always ends as exactly one of a coupon the customer can see or a chargeback lot: with the same
 key sent to two servers at once, a retry while a slow coupon service works, a server killed
-between the spending and the coupon, the database failing before the chargeback, and two runs
-of one intent at once."""
+between the spending and the coupon, the database failing before the chargeback, two runs
+of one intent at once; and a redemption left to the outbox while its customer is deleted and
+given an entry again, its site leaves the configuration, or its key outlives its time to
+live."""
 
 from __future__ import annotations
 
