@@ -32,10 +32,12 @@ class FakeCouponService:
     per tenant: "ok" (create, or 409 if the code exists), "500", "400", "409", "stall" (never
     answer), "store-then-stall" (create, then never answer), "slow" ("ok" after ``delay``
     seconds), "hold" (set ``held``, then never answer), "blip-400" (run ``on_blip``, then
-    answer 400). Unplanned POSTs are "ok"."""
+    answer 400). Unplanned POSTs are "ok". Each GET is planned in ``get_plans``: "500" or
+    "stall"; unplanned GETs answer the coupon, or 404 when there is none."""
 
     port: int = field(default_factory=free_port)
     plans: dict[str, list[str]] = field(default_factory=dict)
+    get_plans: dict[str, list[str]] = field(default_factory=dict)
     seen: dict[str, list[Seen]] = field(default_factory=dict)
     coupons: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     released: threading.Event = field(default_factory=threading.Event)
@@ -69,6 +71,14 @@ class FakeCouponService:
             )
         )
         if scope["method"] == "GET":
+            get_plan = self.get_plans.get(tenant, [])
+            get_action = get_plan.pop(0) if get_plan else "ok"
+            if get_action == "stall":
+                await self._stall()
+                return
+            if get_action == "500":
+                await _answer(send, 500, {"status": 500, "type": "failure"})
+                return
             found = self.coupons.get((tenant, parts[3].upper()))
             if found is None:
                 await _answer(send, 404, {"type": "resource_not_found", "status": 404})

@@ -329,3 +329,68 @@ async def test_a_coupon_created_before_its_answer_was_lost_is_recognised(
     ]
     assert [key for key in coupon_service.coupons if key[0] == tenant] == [(tenant, code)]
     await assert_spent_without_chargeback(client, headers)
+
+
+@pytest.mark.parametrize(
+    "posts",
+    [
+        ["store-then-stall"],  # the retry is told the code is taken
+        ["store-then-stall"] * ATTEMPTS,  # every attempt's answer is lost
+    ],
+)
+async def test_a_coupon_that_may_exist_unchecked_is_neither_charged_back_nor_made_again(
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: FakeClock,
+    tenant: str,
+    headers: Headers,
+    customer: Headers,
+    option_id: str,
+    coupon_service: FakeCouponService,
+    posts: list[str],
+) -> None:
+    """The coupon is created but its answer is lost, and the service fails the look whether it
+    exists: the coupon may exist, so the points are not charged back and no coupon is made
+    under another code. The request answers 503; after the lease the outbox looks again and
+    finds the coupon, which the key's retry gets."""
+    coupon_service.plans[tenant] = list(posts)
+    coupon_service.get_plans[tenant] = ["500"]
+    keyed = {**customer, "Idempotency-Key": "k"}
+
+    response = await client.post(f"{PUBLIC}/redeem", json={"id": option_id}, headers=keyed)
+
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "1"
+    assert set(response.json()) == {"timestamp", "status", "error", "path"}
+    await assert_spent_without_chargeback(client, headers)
+    pending = await client.post(f"{PUBLIC}/redeem", json={"id": option_id}, headers=keyed)
+    assert pending.status_code == 409, pending.text
+
+    clock.advance(seconds=app.state.settings.outbox_lease_seconds + 1)
+    assert await app.state.outbox.run_due() == 1
+
+    replayed = await client.post(f"{PUBLIC}/redeem", json={"id": option_id}, headers=keyed)
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    code = replayed.json()["code"]
+    assert {post.body["code"] for post in coupon_service.posts(tenant)} == {code.lower()}
+    assert [key for key in coupon_service.coupons if key[0] == tenant] == [(tenant, code)]
+    await assert_spent_without_chargeback(client, headers)
+
+
+async def test_a_refusal_after_a_lost_answer_finds_the_coupon_that_answer_created(
+    client: httpx.AsyncClient,
+    tenant: str,
+    headers: Headers,
+    customer: Headers,
+    option_id: str,
+    coupon_service: FakeCouponService,
+) -> None:
+    """The first attempt creates the coupon but its answer is lost; the retry is refused (a
+    4xx other than 409). The coupon exists: it is the customer's, and nothing is charged back."""
+    coupon_service.plans[tenant] = ["store-then-stall", "400"]
+    response = await redeem(client, customer, option_id)
+    assert response.status_code == 200, response.text
+    code = response.json()["code"]
+    assert [key for key in coupon_service.coupons if key[0] == tenant] == [(tenant, code)]
+    await assert_spent_without_chargeback(client, headers)

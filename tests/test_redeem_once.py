@@ -1,15 +1,19 @@
 """A storefront redemption spends its points once per Idempotency-Key, across processes, and
 always ends as exactly one of a coupon the customer can see or a chargeback lot: with the same
 key sent to two servers at once, a retry while a slow coupon service works, a server killed
-between the spending and the coupon, the database failing before the chargeback, and two runs
-of one intent at once."""
+between the spending and the coupon, the database failing before the chargeback, two runs
+of one intent at once; and a redemption left to the outbox while its customer is deleted and
+given an entry again, its site leaves the configuration, or its key outlives its time to
+live."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
 from rewardpoints.coupons import BuiltInCoupons
+from rewardpoints.idempotency import KeyClaim, fingerprint
 
 from .conftest import MANAGE, TEST_SECRET, VIEW, bearer, make_settings, token
 from .coupon_service import FakeCouponService
@@ -359,3 +364,129 @@ async def test_an_intent_whose_run_was_lost_is_settled_by_one_runner_after_its_l
     assert len(coupons.json()) == 5
     assert summary["activePoints"] == 50
     assert len(summary["summary"]["addedPointsList"]) == 1  # no chargeback
+
+
+def _redeem_body(option_id: str) -> bytes:
+    return json.dumps({"id": option_id}).encode()
+
+
+def _claim(tenant: str, customer_id: str, option_id: str, key: str) -> KeyClaim:
+    """The claim a redeem request with this body and key makes (api/idempotency.claim_of)."""
+    path = f"{PUBLIC}/redeem"
+    return KeyClaim(
+        tenant, key, fingerprint("POST", path, "", customer_id, _redeem_body(option_id))
+    )
+
+
+async def _retry(
+    client: httpx.AsyncClient, tenant: str, customer_id: str, option_id: str, key: str
+) -> httpx.Response:
+    headers = {
+        **_customer(tenant, customer_id),
+        "Idempotency-Key": key,
+        "Content-Type": "application/json",
+    }
+    return await client.post(f"{PUBLIC}/redeem", content=_redeem_body(option_id), headers=headers)
+
+
+async def test_a_customer_deleted_and_created_again_before_the_settling_gets_nothing_of_it(
+    database_url: str, clock: FakeClock, tenant: str
+) -> None:
+    """The points are spent and the process dies; before the outbox settles the redemption,
+    the customer is deleted (the redemption with it) and gets an entry again. The redemption is
+    settled as one that came after the delete: no coupon, no chargeback for the new entry, and
+    the key's answer is the 404."""
+    settings = make_settings(database_url)
+    app = create_app(settings, clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            option_id = await _option(client, "", tenant)
+            await _give(client, "", tenant, "c1")
+            await app.state.rewards.spend(
+                tenant, "c1", option_id, "main", key=_claim(tenant, "c1", option_id, "k"), path="/p"
+            )
+            deleted = await client.delete("/reward-points/customer/c1", headers=_admin(tenant))
+            assert deleted.status_code == 200, deleted.text
+            await _give(client, "", tenant, "c1")
+
+            clock.advance(seconds=settings.outbox_lease_seconds + 1)
+            assert await app.state.outbox.run_due() == 1
+
+            answer = await _retry(client, tenant, "c1", option_id, "k")
+            assert answer.status_code == 404, answer.text
+            assert answer.headers["Idempotent-Replayed"] == "true"
+            summary = await _summary(client, "", tenant, "c1")
+            coupons = await client.get(f"{PUBLIC}/coupons", headers=_customer(tenant, "c1"))
+    finally:
+        await app.state.ledger.engine.dispose()
+    assert coupons.json() == []
+    assert summary["activePoints"] == 100
+    assert summary["summary"]["redeemedPointsList"] == []
+    assert [lot["description"] for lot in summary["summary"]["addedPointsList"]] == ["points added"]
+
+
+async def test_a_redemption_on_a_site_since_removed_from_the_configuration_is_settled(
+    database_url: str, clock: FakeClock, tenant: str, tmp_path: Path
+) -> None:
+    """The points are spent on site "de" and the process dies; the service comes back with a
+    configuration without "de". The outbox still settles the redemption, with the coupon under
+    the code drawn for it."""
+    before, after = tmp_path / "before.json", tmp_path / "after.json"
+    before.write_text(json.dumps({"main": {}, "de": {"codePrefix": "DE"}}))
+    after.write_text(json.dumps({"main": {}}))
+    settings = make_settings(database_url, sites_file=before)
+    first = create_app(settings, clock=clock)
+    second = create_app(make_settings(database_url, sites_file=after), clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=second)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            option_id = await _option(client, "", tenant)
+            await _give(client, "", tenant, "c1")
+            intent = await first.state.rewards.spend(
+                tenant, "c1", option_id, "de", key=None, path="/p"
+            )
+            clock.advance(seconds=settings.outbox_lease_seconds + 1)
+            assert await second.state.outbox.run_due() == 1
+            coupons = await client.get(f"{PUBLIC}/coupons", headers=_customer(tenant, "c1"))
+            summary = await _summary(client, "", tenant, "c1")
+    finally:
+        for app in (first, second):
+            await app.state.ledger.engine.dispose()
+    assert [coupon["code"] for coupon in coupons.json()] == [intent.payload["code"]]
+    assert intent.payload["code"].startswith("DE-")
+    assert summary["activePoints"] == 90
+
+
+async def test_a_key_whose_redemption_waits_for_the_outbox_longer_than_its_ttl_stays_claimed(
+    database_url: str, clock: FakeClock, tenant: str
+) -> None:
+    """The points are spent and the process dies; the key's time to live ends, and expired keys
+    are pruned, before the outbox settles the redemption. A retry with the key is still told
+    it is in progress (it does not spend again), and gets the redemption's answer once settled."""
+    settings = make_settings(database_url, idempotency_ttl_hours=0.001)  # 3.6 s
+    app = create_app(settings, clock=clock)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            option_id = await _option(client, "", tenant)
+            await _give(client, "", tenant, "c1")
+            intent = await app.state.rewards.spend(
+                tenant, "c1", option_id, "main", key=_claim(tenant, "c1", option_id, "k"), path="/p"
+            )
+            clock.advance(seconds=10)
+            await app.state.idempotency.prune()
+            retried = await _retry(client, tenant, "c1", option_id, "k")
+            assert retried.status_code == 409, retried.text
+
+            clock.advance(seconds=settings.outbox_lease_seconds)
+            assert await app.state.outbox.run_due() == 1
+            answer = await _retry(client, tenant, "c1", option_id, "k")
+            assert answer.status_code == 200, answer.text
+            assert answer.json() == {"code": intent.payload["code"]}
+            summary = await _summary(client, "", tenant, "c1")
+            coupons = await client.get(f"{PUBLIC}/coupons", headers=_customer(tenant, "c1"))
+    finally:
+        await app.state.ledger.engine.dispose()
+    assert [coupon["code"] for coupon in coupons.json()] == [intent.payload["code"]]
+    assert summary["activePoints"] == 90

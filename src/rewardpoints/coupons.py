@@ -6,7 +6,9 @@ Either way the coupon is the redeem option's template with a fresh code
 Issuing has two steps (rewards.py runs them from the outbox): ``issue``, outside any
 transaction and safe to repeat with the same request, and ``keep``, inside the transaction
 that settles the redemption. Either raises ``CouponIssueFailed`` when the coupon cannot be
-issued; the points are then charged back in that same transaction.
+issued; the points are then charged back in that same transaction. ``issue`` raises
+``CouponIssueUncertain`` when it cannot tell whether the coupon was created: the redemption is
+then left for the outbox to settle later.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .config import Settings, Site
 from .db import database_clock
-from .errors import CouponIssueFailed
+from .errors import CouponIssueFailed, CouponIssueUncertain
 from .models import coupons
 
 log = logging.getLogger("rewardpoints")
@@ -190,7 +192,10 @@ class EmporixCoupons:
     Each attempt has a timeout; timeouts, transport errors, 429 and 5xx answers are retried,
     with the same code, up to ``attempts`` times in all. Other 4xx answers fail at once. A 409
     ("duplicate coupon") is a taken code, unless an earlier attempt may have created the coupon
-    without us hearing back: then the coupon is read, and if it is this customer's it is ours.
+    without us hearing back: then the coupon is read, and if it is this customer's it is ours;
+    so it is before a refusal, or giving up, is taken for the coupon not being created.
+    When that read fails, the coupon may exist: ``CouponIssueUncertain``, so that it is neither
+    charged back nor made again under another code, and the outbox looks again later.
     """
 
     keeps_coupons = False
@@ -264,6 +269,10 @@ class EmporixCoupons:
                 if status == 429 or status >= 500:
                     maybe_created = maybe_created or status >= 500
                     continue
+                # Refused now; an earlier attempt may still have created it.
+                ours = await self._own_code(client, request, code) if maybe_created else None
+                if ours is not None:
+                    return ours
                 raise CouponIssueFailed(f"the coupon service refused the coupon: {problem}")
             ours = await self._own_code(client, request, code) if maybe_created else None
             if ours is not None:
@@ -275,13 +284,24 @@ class EmporixCoupons:
     async def _own_code(
         self, client: httpx.AsyncClient, request: CouponRequest, code: str
     ) -> str | None:
-        """The saved code of coupon ``code`` if it exists and was issued to this customer."""
+        """The saved code of coupon ``code`` if it exists and was issued to this customer; None
+        if it does not exist or is another's. CouponIssueUncertain when the service cannot
+        tell."""
+        found: Any = None
         try:
             response = await client.get(self._url(request.tenant, code))
-            found = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
-        if not isinstance(found, dict) or found.get("issuedTo") != request.customer_id:
+            if response.status_code == 404:
+                return None
+            problem = f"HTTP {response.status_code}"
+            if response.status_code == 200:
+                found = response.json()
+        except (httpx.HTTPError, ValueError) as error:
+            problem = f"{type(error).__name__} {error}".strip()
+        if not isinstance(found, dict):
+            raise CouponIssueUncertain(
+                f"the coupon service could not tell whether coupon {code} exists: {problem}"
+            )
+        if found.get("issuedTo") != request.customer_id:
             return None
         saved = found.get("code")
         return saved if isinstance(saved, str) and saved else code

@@ -123,6 +123,11 @@ class CouponIssueFailed(RewardPointsError):
     """The coupon could not be issued; the redeemed points were charged back."""
 
 
+class CouponIssueUncertain(Unavailable):
+    """The Coupon Service could not tell whether it created a coupon: the redemption is settled
+    later, neither charged back nor given a coupon under another code meanwhile."""
+
+
 class IdempotencyKeyInProgress(RewardPointsError):
     """A request with the same Idempotency-Key is still being processed."""
 

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
 
 from .db import database_clock, read_transaction, write_transaction
 from .errors import IdempotencyKeyInProgress, IdempotencyKeyReused
@@ -56,6 +57,10 @@ def fingerprint(*parts: str | bytes) -> str:
     return digest.hexdigest()
 
 
+# The expiry of a key claimed until its answer is known (claim_pending).
+NEVER: ColumnElement[Any] = literal_column("'infinity'::timestamptz")
+
+
 def _lock_id(tenant: str, key: str) -> int:
     raw = hashlib.sha256(f"{tenant}\x00{key}".encode()).digest()[:8]
     return int.from_bytes(raw, "big", signed=True)
@@ -90,6 +95,8 @@ class IdempotencyStore:
         any process, is told the request is in progress, until the answer is recorded and
         replayed. Two claims at once: the second waits for the first's transaction and then
         sees its claim (IdempotencyKeyInProgress), or claims the key if it was rolled back.
+        The claim does not expire (nor is it pruned) however long the answer takes: the key's
+        time to live starts with its answer, so the key is never claimed again meanwhile.
         """
         now = database_clock()
         values: dict[str, Any] = {
@@ -100,7 +107,7 @@ class IdempotencyStore:
             "body": None,
             "media_type": None,
             "created_at": now,
-            "expires_at": now + self.ttl,
+            "expires_at": NEVER,
         }
         insert = postgresql.insert(idempotency_keys).values(**values)
         statement = insert.on_conflict_do_update(

@@ -188,14 +188,18 @@ class Ledger:
             raise CustomerNotFound(customer_id)
         return lot_id  # counted by the caller once its transaction commits
 
-    async def lock_account(self, conn: AsyncConnection, tenant: str, customer_id: str) -> bool:
-        """Hold the customer's account row for the caller's transaction; False when the
-        customer has no entry (rewardpoints_lock_account)."""
-        return bool(
-            (
-                await conn.execute(_LOCK_ACCOUNT_CALL, {"tenant": tenant, "customer": customer_id})
-            ).scalar_one()
-        )
+    async def lock_redemption(
+        self, conn: AsyncConnection, tenant: str, customer_id: str, redemption_id: str
+    ) -> bool:
+        """Hold the customer's account row for the caller's transaction if the redemption is
+        still among the customer's entries (rewardpoints_lock_account); False when it is not:
+        the customer was deleted since, and may have an entry again."""
+        params = {"tenant": tenant, "customer": customer_id}
+        if not (await conn.execute(_LOCK_ACCOUNT_CALL, params)).scalar_one():
+            return False
+        # Under the account's lock, which a delete holds too: read after it, not before.
+        found = await conn.execute(_REDEMPTION_KEPT, {**params, "id": redemption_id})
+        return bool(found.scalar_one())
 
     async def redeem_points(self, tenant: str, customer_id: str, redemption: NewRedemption) -> str:
         """Spend active lots oldest first. Returns the redemption's id."""
@@ -408,6 +412,10 @@ _CHARGE_BACK_CALL = text(
     " :hash)"
 )
 _LOCK_ACCOUNT_CALL = text("SELECT rewardpoints_lock_account(:tenant, :customer, false)")
+_REDEMPTION_KEPT = text(
+    "SELECT EXISTS (SELECT 1 FROM redemptions"
+    " WHERE tenant = :tenant AND customer_id = :customer AND id = :id)"
+)
 _DELETE_CUSTOMER_CALL = text("SELECT rewardpoints_delete_customer(:tenant, :customer)")
 _AWARD_ORDER_CALL = text(
     "SELECT outcome, awarded_points, awarded_lot FROM rewardpoints_award_order(:tenant,"

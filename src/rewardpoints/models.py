@@ -211,7 +211,8 @@ awarded_orders = Table(
 )
 
 # The first answer to each Idempotency-Key, replayed until ``expires_at``. ``status`` and
-# ``body`` are NULL while the key is claimed and its answer not yet known (migration 0011).
+# ``body`` are NULL while the key is claimed and its answer not yet known (migration 0011);
+# ``expires_at`` is then 'infinity' (idempotency.claim_pending).
 idempotency_keys = Table(
     "idempotency_keys",
     metadata,

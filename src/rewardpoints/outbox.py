@@ -27,6 +27,7 @@ from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import database_clock, is_unavailable, read_transaction, run_transaction
+from .errors import Unavailable
 from .models import outbox
 
 log = logging.getLogger("rewardpoints")
@@ -162,9 +163,12 @@ class Outbox:
         return len(intents)
 
     async def _failed(self, intent: Intent, error: Exception) -> None:
-        if is_unavailable(error):
+        if is_unavailable(error) or isinstance(error, Unavailable):
             log.warning(
-                "outbox intent %d (%s) waits for the database: %s", intent.id, intent.kind, error
+                "outbox intent %d (%s) waits for what it depends on: %s",
+                intent.id,
+                intent.kind,
+                error,
             )
         else:
             log.error("outbox intent %d (%s) failed", intent.id, intent.kind, exc_info=error)

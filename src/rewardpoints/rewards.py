@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from .config import MAX_POINTS, Settings
+from .config import MAX_POINTS, Settings, Site
 from .coupons import CouponIssuer, CouponRequest, build_issuer
 from .db import read_transaction, run_transaction
 from .errors import (
@@ -173,6 +173,7 @@ class Rewards:
         payload: dict[str, Any] = {
             "customer": customer_id,
             "site": site.code,
+            "prefix": site.code_prefix,
             "option": option.id,
             "template": option.coupon,
             "points": option.points,
@@ -202,7 +203,7 @@ class Rewards:
         request = CouponRequest(
             tenant=intent.tenant,
             customer_id=payload["customer"],
-            site=self.ledger.site(payload["site"]),
+            site=self._site_of(payload),
             redeem_option_id=payload["option"],
             template=payload["template"],
             redemption_id=payload["redemption"],
@@ -238,6 +239,15 @@ class Rewards:
             return RedeemOutcome.of_json(stored)
         return outcome
 
+    def _site_of(self, payload: dict[str, Any]) -> Site:
+        """The redemption's site as configured when its points were spent: a site gone from
+        the configuration since does not keep its redemptions from being settled."""
+        code = payload["site"]
+        if "prefix" in payload:
+            return Site(code, code_prefix=payload["prefix"])
+        # Recorded before intents held the site's prefix.
+        return self.ledger.sites.get(code) or Site(code)
+
     async def _settle_in(
         self,
         conn: AsyncConnection,
@@ -249,9 +259,12 @@ class Rewards:
     ) -> RedeemOutcome:
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
         outcome = partial(RedeemOutcome, request.customer_id, points, path, at)
-        if not await self.ledger.lock_account(conn, request.tenant, request.customer_id):
+        if not await self.ledger.lock_redemption(
+            conn, request.tenant, request.customer_id, request.redemption_id
+        ):
             # Deleted since the points were spent: they went with the customer, who is not
-            # brought back by a chargeback; answered as if the delete came first.
+            # brought back by a chargeback, nor is an entry made for the customer since given
+            # a coupon or points for them; answered as if the delete came first.
             log.warning(
                 "customer %s was deleted before redemption %s was settled",
                 request.customer_id,
