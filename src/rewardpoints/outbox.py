@@ -57,7 +57,7 @@ class Outbox:
         lease: timedelta,
         poll_interval: float,
         retention: timedelta,
-        batch: int = 16,
+        batch: int = 8,
     ) -> None:
         self.engine = engine
         self.lease = lease
@@ -153,13 +153,18 @@ class Outbox:
         return await self.handlers[intent.kind](intent)
 
     async def run_due(self) -> int:
-        """Run every intent whose lease has run out; returns how many were claimed."""
+        """Run the intents whose lease has run out, up to ``batch`` of them; returns how many
+        were claimed. They run at once, each from the moment its lease starts: one after
+        another, the last could lose its lease to another process before it even started."""
         intents = await self.claim_due()
-        for intent in intents:
+
+        async def run(intent: Intent) -> None:
             try:
                 await self.run(intent)
             except Exception as error:  # noqa: BLE001 - recorded; the intent runs again later
                 await self._failed(intent, error)
+
+        await asyncio.gather(*(run(intent) for intent in intents))
         return len(intents)
 
     async def _failed(self, intent: Intent, error: Exception) -> None:
