@@ -54,8 +54,17 @@ def active_transaction_hook() -> TransactionHook | None:
 
 # PostgreSQL SQLSTATEs that mean "try the whole transaction again".
 RETRY_SQLSTATES = {"40001", "40P01"}
-# ... and those that mean "the database is not usable right now".
-UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
+# ... and those that mean "the database is not usable right now", whatever the request.
+UNAVAILABLE_SQLSTATE_PREFIXES = (
+    "08",  # connection exception
+    "28",  # the server refuses the service's role or password
+    "3D000",  # the service's database does not exist (dropped, or not created yet)
+    "25006",  # the database takes no writes: a standby, or one set read-only
+    "53",  # insufficient resources: disk full, out of memory, too many connections
+    "55P03",  # a lock not had in time
+    "57",  # operator intervention: shutdown, crash, statement cancelled or timed out
+    "58",  # system error: the server's own I/O failed
+)
 # How often a transaction (or a statement sent straight to the driver, direct.py) is tried.
 MAX_ATTEMPTS = 5
 
