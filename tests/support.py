@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -291,6 +291,106 @@ def server_process(
             process.wait()
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class HangUpHoldingProxy:
+    """A TCP proxy to PostgreSQL that passes every byte on at once but, on the connections it
+    is told to (``hold_hang_ups``), keeps the client's side open when the server hangs up,
+    until the client closes it: the client reads the server's last message (a terminated
+    backend's goodbye) and not the connection's end, until it writes again. A client's event
+    loop can see the same for a moment without a proxy, when it reads the two apart; here the
+    moment lasts until the client next uses the connection."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        # Its own ports towards the server (pg_stat_activity.client_port), while connected;
+        # those whose hang-up it holds back, and those of them the server hung up.
+        self.server_side_ports: set[int] = set()
+        self.holding: set[int] = set()
+        self.hung_up: set[int] = set()
+        self._listener: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[Any]] = set()
+
+    def hold_hang_ups(self, server_side_ports: set[int]) -> None:
+        self.holding |= server_side_ports
+
+    async def start(self, database_url: str) -> str:
+        """Listen on a free loopback port; returns ``database_url`` through the proxy."""
+        from sqlalchemy.engine import make_url
+
+        self._listener = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        port = self._listener.sockets[0].getsockname()[1]
+        url = make_url(database_url).set(host="127.0.0.1", port=port)
+        return url.render_as_string(hide_password=False)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for session in list(self._sessions):
+            session.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    async def _session(
+        self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            server_reader, server_writer = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            client_writer.close()
+            self._sessions.discard(task)
+            return
+        port = int(server_writer.get_extra_info("sockname")[1])
+        self.server_side_ports.add(port)
+
+        async def from_server() -> None:
+            await _pump(server_reader, client_writer)
+            if port in self.holding:
+                self.hung_up.add(port)  # and the client is not told
+            else:
+                client_writer.close()
+
+        forwarding = asyncio.create_task(from_server())
+        try:
+            # Until the client closes its side, or writes to a server that hung up: then it is
+            # told, as it would be by the server's host.
+            with contextlib.suppress(OSError):
+                while (data := await client_reader.read(65536)) and port not in self.hung_up:
+                    server_writer.write(data)
+                    await server_writer.drain()
+        finally:
+            self.server_side_ports.discard(port)
+            forwarding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forwarding
+            for writer in (server_writer, client_writer):
+                writer.close()
+            self._sessions.discard(task)
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+@contextlib.asynccontextmanager
+async def hang_up_holding_proxy(database_url: str) -> AsyncIterator[tuple[str, HangUpHoldingProxy]]:
+    """A ``HangUpHoldingProxy`` in front of the server of ``database_url``, and that URL
+    through it."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    proxy = HangUpHoldingProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = await proxy.start(database_url)
+    try:
+        yield proxied, proxy
+    finally:
+        await proxy.close()
 
 
 def restart_throwaway_postgres(data_directory: str) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterable
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,8 +18,8 @@ from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
 
-from .conftest import bearer, make_settings, token
-from .support import FakeClock, free_port
+from .conftest import bearer, fresh_database, make_settings, served, token
+from .support import FakeClock, connect, free_port
 
 PREFIX = "/reward-points"
 MAX_POINTS = 2_147_483_647
@@ -599,17 +600,19 @@ def assert_unavailable(response: httpx.Response, path: str) -> None:
     assert TIMESTAMP.fullmatch(body["timestamp"]), body["timestamp"]
 
 
-@pytest.mark.parametrize("where", ["nothing listening", "no such database", "no such role"])
+@pytest.mark.parametrize("fault", ["nothing listens", "no such database", "no such role"])
 async def test_unreachable_database_answers_503_without_a_stack_trace(
-    tenant: str, pg_url: str, where: str
+    tenant: str, pg_server_url: str, fault: str
 ) -> None:
-    server = make_url(pg_url)
-    if where == "nothing listening":
-        url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"
-    elif where == "no such database":
-        url = server.set(database="rp_no_such_database").render_as_string(hide_password=False)
-    else:
-        url = server.set(username="rp_no_such_role").render_as_string(hide_password=False)
+    """The server is not there, or refuses the service's connections: its database was
+    dropped (or not created yet), its role (or password) is not the server's."""
+    server = make_url(pg_server_url)
+    name = f"rp_missing_{secrets.token_hex(4)}"
+    url = {
+        "nothing listens": server.set(port=free_port()),
+        "no such database": server.set(database=name),
+        "no such role": server.set(username=name),
+    }[fault].render_as_string(hide_password=False)
     app = create_app(make_settings(url))
     headers = bearer(token(tenant))
     try:
@@ -627,3 +630,54 @@ async def test_unreachable_database_answers_503_without_a_stack_trace(
             assert live.status_code == 200, live.text
     finally:
         await app.state.ledger.engine.dispose()
+
+
+@pytest.fixture
+def own_database(pg_server_url: str) -> Iterator[str]:
+    """A database of this test's own, which it may set read-only."""
+    with fresh_database(pg_server_url) as url:
+        yield url
+
+
+async def test_a_read_only_database_answers_writes_503_and_still_serves_reads(
+    tenant: str, own_database: str
+) -> None:
+    """A database that takes no writes (a standby, or one set read-only for maintenance):
+    every write answers 503 with Retry-After and changes nothing; reads are served."""
+    headers = bearer(token(tenant))
+    async with served(own_database) as client:
+        funded = await client.post(
+            f"{PREFIX}/customer/c1/addPoints", json={"points": 30}, headers=headers
+        )
+        assert funded.status_code == 201
+    conn = await connect(own_database)
+    try:
+        name = make_url(own_database).database
+        await conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    finally:
+        await conn.close()
+    async with served(own_database) as client:  # its connections are new: read-only
+        for method, path, body in READ_ONLY_WRITES:
+            response = await client.request(method, PREFIX + path, json=body, headers=headers)
+            assert_unavailable(response, path)
+            assert response.headers["Retry-After"] == "1"
+        keyed = await client.post(
+            f"{PREFIX}/customer/c1/addPoints",
+            json={"points": 5},
+            headers={**headers, "Idempotency-Key": "read-only"},
+        )
+        assert_unavailable(keyed, "/customer/c1/addPoints")
+        assert (await client.get(f"{PREFIX}/customer/c1", headers=headers)).json() == 30
+        summary = await client.get(f"{PREFIX}/customer/c1/summary", headers=headers)
+        assert summary.status_code == 200
+        assert len(summary.json()["summary"]["addedPointsList"]) == 1
+        assert (await client.get(f"{PREFIX}/customer/c2", headers=headers)).status_code == 404
+
+
+READ_ONLY_WRITES: list[tuple[str, str, Body | None]] = [
+    ("POST", "/customer/c1/addPoints", {"points": 10}),
+    ("POST", "/customer/c1/addPoints", {"points": 10, "id": "lot-2"}),
+    ("POST", "/customer/c1/redeemPoints", {"points": 10}),
+    ("POST", "/customer/c2", {"startPoints": {"points": 10}}),
+    ("DELETE", "/customer/c1", None),
+]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -17,10 +18,12 @@ from sqlalchemy.engine import make_url
 
 from rewardpoints.app import create_app
 from rewardpoints.config import Settings
+from rewardpoints.db import MAX_ATTEMPTS
 from rewardpoints.direct import KeyedGate
 from rewardpoints.errors import DatabaseUnavailable
 
-from .conftest import make_settings
+from .conftest import make_settings, served
+from .support import hang_up_holding_proxy
 
 
 @pytest.fixture
@@ -41,6 +44,31 @@ async def _terminate_backends_of(pg_url: str, pids: list[int]) -> int:
         return len(rows)
     finally:
         await conn.close()
+
+
+async def _terminate_backends_at(pg_url: str, client_ports: list[int]) -> int:
+    """Terminate the backends whose clients connected from ``client_ports`` on loopback."""
+    url = make_url(pg_url)
+    conn = await asyncpg.connect(
+        host=url.host, port=url.port, user=url.username, database=url.database
+    )
+    try:
+        rows = await conn.fetch(
+            "WITH targets AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+            " WHERE client_port = ANY($1::int[]) AND datname = current_database())"
+            " SELECT pid FROM targets WHERE pg_terminate_backend(pid)",
+            client_ports,
+        )
+        return len(rows)
+    finally:
+        await conn.close()
+
+
+async def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
 
 
 async def _pooled_backend_pids(client: httpx.AsyncClient, app: Any, headers: Any) -> list[int]:
@@ -87,6 +115,99 @@ async def test_idle_connections_the_server_closed_are_replaced_without_a_failed_
     balance = await client.get(f"/reward-points/customer/{customer}", headers=headers)
     assert balance.json() == 7 - 2 + 1
     assert not set(await _pooled_backend_pids(client, app, headers)) & set(pids)
+
+
+# A request per way a statement reaches the database: the fast path's balance read, addition
+# and redemption (direct.py), and a command in a transaction of its own (db.run_transaction);
+# each with its answer and the customer's balance after it.
+FIRST_REQUESTS = {
+    "balance": ("GET", "/reward-points/customer/c-goodbye", None, 200, 10),
+    "addPoints": ("POST", "/reward-points/customer/c-goodbye/addPoints", {"points": 5}, 201, 15),
+    "redeemPoints": (
+        "POST",
+        "/reward-points/customer/c-goodbye/redeemPoints",
+        {"points": 4},
+        201,
+        6,
+    ),
+    "new entry": ("POST", "/reward-points/customer/c-new", None, 200, 10),
+}
+
+
+@pytest.mark.parametrize("kind", list(FIRST_REQUESTS))
+async def test_a_pooled_connection_whose_server_said_goodbye_but_not_hung_up_costs_no_request(
+    pg_url: str, tenant: str, headers: Any, kind: str
+) -> None:
+    """The server ends the pool's idle connection: its goodbye arrives, the connection's end
+    not yet (held back by a proxy, as a client's event loop holds it back for a moment when
+    it reads the two apart). The driver still calls that connection open, so the pool hands
+    it out; the statement it then refuses to send is sent again on another connection."""
+    method, path, body, status, balance = FIRST_REQUESTS[kind]
+    async with contextlib.AsyncExitStack() as stack:
+        proxied_url, proxy = await stack.enter_async_context(hang_up_holding_proxy(pg_url))
+        http = await stack.enter_async_context(served(proxied_url, database_pool_size=1))
+        funded = await http.post(
+            "/reward-points/customer/c-goodbye/addPoints", json={"points": 10}, headers=headers
+        )
+        assert funded.status_code == 201
+        ports = set(proxy.server_side_ports)
+        assert ports, "no connection went through the proxy"
+        proxy.hold_hang_ups(ports)
+        assert await _terminate_backends_at(pg_url, sorted(ports)) == len(ports)
+        await _eventually(lambda: ports <= proxy.hung_up)
+
+        answer = await http.request(method, path, json=body, headers=headers)
+
+        assert answer.status_code == status, answer.text
+        after = await http.get("/reward-points/customer/c-goodbye", headers=headers)
+        assert after.json() == balance
+        if kind == "new entry":
+            exists = await http.get("/reward-points/customer/c-new", headers=headers)
+            assert exists.json() == 0
+
+
+async def test_a_read_that_finds_only_broken_connections_answers_503_and_they_are_gone_after(
+    pg_url: str, tenant: str, headers: Any
+) -> None:
+    """One idle connection more than a statement's attempts, each of them told goodbye by its
+    server without being hung up (as above): a read refused by every connection it tries
+    answers 503 with Retry-After, never 500; the next read gets the last broken one, then a
+    new connection, and is served."""
+    broken = MAX_ATTEMPTS + 1
+    async with contextlib.AsyncExitStack() as stack:
+        proxied_url, proxy = await stack.enter_async_context(hang_up_holding_proxy(pg_url))
+        application = create_app(make_settings(proxied_url, database_pool_size=broken))
+        engine = application.state.ledger.engine
+        stack.push_async_callback(engine.dispose)
+        http = await stack.enter_async_context(
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=application), base_url="http://testserver"
+            )
+        )
+        path = "/reward-points/customer/c-broken"
+        assert (
+            await http.post(f"{path}/addPoints", json={"points": 3}, headers=headers)
+        ).status_code == 201
+
+        async def hold_a_connection() -> None:
+            async with engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+                await asyncio.sleep(0.05)  # overlap, so the pool opens them all
+
+        await asyncio.gather(*(hold_a_connection() for _ in range(broken)))
+        ports = set(proxy.server_side_ports)
+        assert len(ports) == broken
+        proxy.hold_hang_ups(ports)
+        assert await _terminate_backends_at(pg_url, sorted(ports)) == broken
+        await _eventually(lambda: ports <= proxy.hung_up)
+
+        refused = await http.get(path, headers=headers)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "1"
+        assert refused.json()["error"] == "Service Unavailable"
+        served_now = await http.get(path, headers=headers)
+        assert (served_now.status_code, served_now.json()) == (200, 3)
+        await _eventually(lambda: not ports & proxy.server_side_ports)  # all of them closed
 
 
 async def test_a_write_waits_for_the_customers_turn_at_most_the_lock_timeout(

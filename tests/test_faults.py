@@ -15,6 +15,7 @@ and the ledger's invariants hold.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -191,13 +192,15 @@ class Write:
 
     Its ``description`` is unique, so its entries can be counted in the summary. Some writes
     also carry a body ``id``; the others leave the id to the server, so for them only the
-    Idempotency-Key stands between a retry and a second write."""
+    Idempotency-Key stands between a retry and a second write. A write sent without its key
+    (not ``keyed``) has a body id, which alone makes its retries safe; it takes the fast lane."""
 
     customer: str
     action: str  # "addPoints" or "redeemPoints"
     points: int
     key: str
     body: dict[str, Any]
+    keyed: bool = True
     answers: list[Answer] = field(default_factory=list)
     transport_errors: int = 0
 
@@ -216,11 +219,14 @@ class Write:
         return final is not None and final.status == 201
 
 
-def make_write(customer: str, action: str, points: int, label: str, *, body_id: bool) -> Write:
+def make_write(
+    customer: str, action: str, points: int, label: str, *, body_id: bool, keyed: bool = True
+) -> Write:
+    assert keyed or body_id, "a write without a key needs a body id to be retried safely"
     body: dict[str, Any] = {"points": points, "description": f"fault test {label}"}
     if body_id:
         body["id"] = f"id-{label}"
-    return Write(customer, action, points, f"key-{label}-{secrets.token_hex(4)}", body)
+    return Write(customer, action, points, f"key-{label}-{secrets.token_hex(4)}", body, keyed)
 
 
 def funding(customers: list[str], points: int = 100) -> list[Write]:
@@ -248,14 +254,25 @@ def burst(customers: list[str], count: int, seed: int) -> list[Write]:
     return writes
 
 
-async def post(http: httpx.AsyncClient, base: str, headers: Headers, write: Write) -> Answer | None:
-    """Send the write once; None when no HTTP answer came back (connection refused, reset...)."""
+async def post(
+    http: httpx.AsyncClient,
+    base: str,
+    headers: Headers,
+    write: Write,
+    *,
+    timeout: float | None = None,
+) -> Answer | None:
+    """Send the write once; None when no HTTP answer came back (connection refused, reset, or
+    no answer within ``timeout`` when given)."""
     started = time.monotonic()
+    if write.keyed:
+        headers = {**headers, "Idempotency-Key": write.key}
     try:
         response = await http.post(
             f"{base}/reward-points/customer/{write.customer}/{write.action}",
             json=write.body,
-            headers={**headers, "Idempotency-Key": write.key},
+            headers=headers,
+            timeout=http.timeout if timeout is None else timeout,
         )
     except httpx.TransportError:
         write.transport_errors += 1
@@ -605,6 +622,151 @@ async def test_terminated_postgres_connections_answer_503_and_the_service_recove
     finally:
         await admin.close()
     outcome(f"pg_terminate_backend x{len(terminated)}", run.writes, started)
+
+
+MIXED_LOAD_SECONDS = 25.0
+TERMINATE_EVERY_SECONDS = 1.5
+
+
+async def test_backends_terminated_under_a_mixed_load_answer_503_or_succeed_never_500(
+    fresh_pg: str, pg_server_url: str, headers: Headers
+) -> None:
+    """For 25 s, two workers serve balance and summary reads, adds and redeems with an
+    Idempotency-Key, and adds and redeems without one (the fast lane: statements sent straight
+    to the driver, coalesced under load), some of them from clients that give up after a few
+    milliseconds; meanwhile every 1.5 s the service's PostgreSQL connections are terminated,
+    busy or idle in the pool. Every answer is a success, a ledger refusal or 503 with
+    Retry-After, never 500; every acknowledged write is in the ledger exactly once."""
+    started = time.monotonic()
+    database = make_url(fresh_pg).database
+    customers = [f"c{index}" for index in range(8)]
+    rng = random.Random(5)
+    writes = funding(customers)
+    reads: list[Answer] = []
+    terminated: list[int] = []
+    # Requests whose client went away before the answer.
+    writes_given_up = reads_given_up = 0
+    count = 0
+
+    def next_write(*, keyed: bool) -> Write:
+        nonlocal count
+        count += 1
+        add = rng.random() < 0.5
+        write = make_write(
+            rng.choice(customers),
+            "addPoints" if add else "redeemPoints",
+            rng.randint(1, 20) if add else rng.randint(5, 40),
+            f"m{count}",
+            body_id=not keyed or rng.random() < 0.5,
+            keyed=keyed,
+        )
+        writes.append(write)
+        return write
+
+    admin = await pg_connect(pg_server_url)
+    try:
+        with server_process(server_env(fresh_pg), workers=2) as server:
+            base = server.base
+            workers = sorted(server.worker_pids())
+            deadline = time.monotonic() + MIXED_LOAD_SECONDS
+            async with http_client() as http:
+                await fund(http, base, headers, writes)
+
+                async def until_answered(write: Write) -> None:
+                    # A client retries a write until it has an answer, pausing between tries.
+                    for _ in range(MAX_ATTEMPTS):
+                        if write.final is not None:
+                            return
+                        await post(http, base, headers, write)
+                        if write.final is None:
+                            await asyncio.sleep(RETRY_PAUSE)
+
+                async def writer(*, keyed: bool) -> None:
+                    while time.monotonic() < deadline:
+                        await until_answered(next_write(keyed=keyed))
+
+                async def impatient_writer() -> None:
+                    nonlocal writes_given_up
+                    while time.monotonic() < deadline:
+                        write = next_write(keyed=False)
+                        timeout = rng.uniform(0.002, 0.05)
+                        if await post(http, base, headers, write, timeout=timeout) is None:
+                            writes_given_up += 1
+                        await until_answered(write)
+
+                async def reader(*, patient: bool) -> None:
+                    nonlocal reads_given_up
+                    while time.monotonic() < deadline:
+                        path = f"/reward-points/customer/{rng.choice(customers)}"
+                        path += rng.choice(["", "", "/summary"])
+                        timeout = CLIENT_TIMEOUT if patient else rng.uniform(0.002, 0.05)
+                        try:
+                            response = await http.get(
+                                f"{base}{path}", headers=headers, timeout=timeout
+                            )
+                        except httpx.TransportError:
+                            assert not patient, f"no answer to {path}"
+                            reads_given_up += 1
+                            continue
+                        reads.append(
+                            Answer(
+                                response.status_code,
+                                response.content,
+                                False,
+                                response.headers.get("retry-after"),
+                                0.0,
+                            )
+                        )
+
+                async def terminate_repeatedly() -> None:
+                    while time.monotonic() < deadline - TERMINATE_EVERY_SECONDS:
+                        await asyncio.sleep(TERMINATE_EVERY_SECONDS)
+                        # Materialised first, so nothing but the service's own connections to
+                        # this test's database is ever terminated.
+                        rows = await admin.fetch(
+                            "WITH targets AS MATERIALIZED (SELECT pid FROM pg_stat_activity "
+                            "WHERE datname = $1 AND application_name = 'rewardpoints') "
+                            "SELECT pid FROM targets WHERE pg_terminate_backend(pid)",
+                            database,
+                        )
+                        terminated.extend(row["pid"] for row in rows)
+
+                await asyncio.gather(
+                    terminate_repeatedly(),
+                    *(writer(keyed=True) for _ in range(6)),
+                    *(writer(keyed=False) for _ in range(6)),
+                    *(impatient_writer() for _ in range(3)),
+                    *(reader(patient=True) for _ in range(4)),
+                    *(reader(patient=False) for _ in range(2)),
+                )
+                await settle(http, base, headers, writes)
+
+                assert terminated, "no connection was terminated: the test proved nothing"
+                assert writes_given_up and reads_given_up, "no client went away mid-request"
+                unavailable = [a for w in writes for a in w.answers if a.status == 503]
+                unavailable += [a for a in reads if a.status == 503]
+                assert unavailable, "no request saw a terminated connection"
+                statuses = sorted({a.status for a in reads})
+                assert set(statuses) <= {200, 503}, statuses
+                for answer in reads:
+                    if answer.status == 503:
+                        assert_service_unavailable(answer)
+                assert_answers_are_allowed(writes)
+                # Only the impatient clients went without an answer: the service never did.
+                assert sum(write.transport_errors for write in writes) == writes_given_up
+                await check_replays(http, base, headers, [w for w in writes if w.keyed])
+                await check_ledger(http, base, headers, writes)
+            assert sorted(server.worker_pids()) == workers, "a worker was restarted"
+    finally:
+        await admin.close()
+    answers = [a.status for w in writes for a in w.answers] + [a.status for a in reads]
+    print(
+        f"\n[pg_terminate_backend x{len(terminated)}, mixed load] {len(writes)} writes, "
+        f"{len(reads)} reads answered, {writes_given_up + reads_given_up} given up by the "
+        f"client, statuses "
+        f"{dict(sorted(collections.Counter(answers).items()))}; "
+        f"{time.monotonic() - started:.1f} s"
+    )
 
 
 async def test_postgres_crashed_and_restarted_under_load_answers_503_and_recovers_by_itself(

@@ -55,8 +55,17 @@ def active_transaction_hook() -> TransactionHook | None:
 
 # PostgreSQL SQLSTATEs that mean "try the whole transaction again".
 RETRY_SQLSTATES = {"40001", "40P01"}
-# ... and those that mean "the database is not usable right now".
-UNAVAILABLE_SQLSTATE_PREFIXES = ("08", "53", "57P", "55P03", "57014")
+# ... and those that mean "the database is not usable right now", whatever the request.
+UNAVAILABLE_SQLSTATE_PREFIXES = (
+    "08",  # connection exception
+    "28",  # the server refuses the service's role or password
+    "3D000",  # the service's database does not exist (dropped, or not created yet)
+    "25006",  # the database takes no writes: a standby, or one set read-only
+    "53",  # insufficient resources: disk full, out of memory, too many connections
+    "55P03",  # a lock not had in time
+    "57",  # operator intervention: shutdown, crash, statement cancelled or timed out
+    "58",  # system error: the server's own I/O failed
+)
 # How often a transaction (or a statement sent straight to the driver, direct.py) is tried.
 MAX_ATTEMPTS = 5
 
@@ -104,6 +113,12 @@ def _replace_closed_connections(engine: AsyncEngine) -> None:
     end arrives, which the event loop reads while the connection waits in the pool; so asking
     the driver is as good a check, and free. A connection that dies in the middle of a request
     fails that request (503), as it would with a ping, and is not reused.
+
+    The goodbye and the socket's end may be read in different turns of the event loop; in
+    between, the driver still calls the connection open but refuses every statement on it,
+    before sending it. A request that takes such a connection loses nothing either: its
+    statement is sent again on another connection (``refused_before_sending``, in the fast
+    path and ``run_transaction``), and elsewhere it is answered 503.
     """
 
     @event.listens_for(engine.sync_engine, "checkout")
@@ -202,24 +217,54 @@ def sqlstate(error: DBAPIError) -> str | None:
     return str(code) if code else None
 
 
+# Errors of the driver itself rather than of the server: a connection asyncpg can no longer
+# use (closed, or its protocol in a state no statement can start from, as after the server's
+# goodbye was read but not yet the connection's end). Either way the connection is broken.
+DRIVER_ERRORS = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+# How asyncpg words its refusals to start an operation on a connection that is not ready for
+# one (its protocol's _check_state and _set_state), raised before any byte of it is sent.
+_NOT_SENT = ("cannot perform operation", "cannot switch to state ")
+
+
+def driver_error(error: BaseException) -> BaseException:
+    """The asyncpg exception behind ``error``, else ``error`` itself. SQLAlchemy's adapter
+    raises its own exception from the driver's: wrapped in a ``DBAPIError`` by a Connection,
+    bare where the pool opens a connection for the fast path (``engine.raw_connection``)."""
+    found: BaseException = error
+    if isinstance(error, DBAPIError) and error.orig is not None:
+        found = error.orig
+    if isinstance(found.__cause__, (asyncpg.PostgresError, *DRIVER_ERRORS)):
+        found = found.__cause__
+    return found
+
+
+def refused_before_sending(error: BaseException) -> bool:
+    """Whether the driver refused to send the statement at all because its connection was
+    broken before the statement came to it: nothing of it reached the database, so it is safe
+    to run it (or its whole transaction) again on another connection. A connection the server
+    ended while it waited in the pool does this when the server's goodbye has been read but
+    not yet the connection's end, so the pool still took it for open (db.create_engine)."""
+    cause = driver_error(error)
+    return isinstance(cause, DRIVER_ERRORS) and str(cause).startswith(_NOT_SENT)
+
+
 def is_unavailable(error: BaseException) -> bool:
-    """Whether an error means the database is unreachable, locked too long or overloaded."""
+    """Whether an error means the database is unreachable, broken, locked too long or
+    overloaded: a failure of the database rather than of the request (503, not 500)."""
     if isinstance(error, (DatabaseUnavailable, PoolTimeout)):  # PoolTimeout: no free connection
         return True
-    if isinstance(error, (ConnectionError, TimeoutError, OSError, asyncpg.InterfaceError)):
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
         return True
-    if isinstance(error, asyncpg.PostgresError):  # the driver's own, used directly
-        return (error.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_PREFIXES)
+    driver = driver_error(error)
+    if isinstance(driver, (ConnectionError, TimeoutError, OSError, *DRIVER_ERRORS)):
+        return True
+    if isinstance(driver, asyncpg.PostgresError):
+        return (driver.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_PREFIXES)
     if isinstance(error, DBAPIError):
-        if error.connection_invalidated:
-            return True
         state = sqlstate(error)
         if state and state.startswith(UNAVAILABLE_SQLSTATE_PREFIXES):
             return True
-        orig = error.orig
-        cause = getattr(orig, "__cause__", None)
-        if isinstance(cause, (ConnectionError, TimeoutError, OSError)):
-            return True
+        cause = getattr(error.orig, "__cause__", None)
         name = type(cause).__name__ if cause is not None else ""
         if "Connection" in name or "CannotConnect" in name or "Interface" in name:
             return True
@@ -234,7 +279,8 @@ async def run_transaction(
     retry_on_integrity: bool = False,
     single_statement: bool = False,
 ) -> T:
-    """Run ``body`` in one transaction, retrying on deadlock or serialisation failure.
+    """Run ``body`` in one transaction, retrying on deadlock or serialisation failure, and on
+    a connection that refused a statement before sending it (``refused_before_sending``).
 
     With ``retry_on_integrity`` a unique-key race (two new rows at once) is retried as well:
     the second attempt sees the committed row and answers as the ledger rules say.
@@ -259,7 +305,8 @@ async def run_transaction(
             if not retry_on_integrity or attempt == MAX_ATTEMPTS:
                 raise
         except DBAPIError as error:
-            if sqlstate(error) not in RETRY_SQLSTATES or attempt == MAX_ATTEMPTS:
+            retry = sqlstate(error) in RETRY_SQLSTATES or refused_before_sending(error)
+            if not retry or attempt == MAX_ATTEMPTS:
                 if is_unavailable(error):
                     raise DatabaseUnavailable(str(error.orig)) from error
                 raise

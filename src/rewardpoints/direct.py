@@ -10,8 +10,10 @@ prepares it once per connection and keeps it.
 
 Without a transaction around it each statement commits by itself, which is what these
 single-statement commands need. Errors come out as the rest of the ledger's do: a deadlock or
-serialisation failure is retried, a lost connection is discarded from the pool and answered
-503, and the database functions' own SQLSTATEs reach the caller as ``StatementError``.
+serialisation failure is retried, a lost or broken connection is discarded from the pool and
+answered 503 (unless the driver refused the statement before sending it: then the statement
+is sent again on another connection), and the database functions' own SQLSTATEs reach the
+caller as ``StatementError``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 from sqlalchemy.util.concurrency import greenlet_spawn
 
-from .db import MAX_ATTEMPTS, RETRY_SQLSTATES, is_unavailable, pause_before_retry
+from .db import (
+    MAX_ATTEMPTS,
+    RETRY_SQLSTATES,
+    is_unavailable,
+    pause_before_retry,
+    refused_before_sending,
+)
 from .errors import DatabaseUnavailable
 from .metrics import POOL_WAITING
 
@@ -172,6 +180,15 @@ class Direct:
                     if is_unavailable(error):
                         raise DatabaseUnavailable(str(error)) from error
                     raise StatementError(state, str(error)) from error
+            except DatabaseUnavailable:
+                raise
+            except Exception as error:
+                # No connection, a lost one or a broken one is a 503; but a statement the
+                # driver refused before sending it is sent again, on another connection.
+                if not is_unavailable(error):
+                    raise
+                if not refused_before_sending(error) or attempt == MAX_ATTEMPTS:
+                    raise DatabaseUnavailable(str(error)) from error
             self.retries += 1
             await pause_before_retry(attempt)
         raise AssertionError("unreachable")
@@ -182,41 +199,34 @@ class Direct:
             return await self._run_on_pooled(method, sql, args)
 
     async def _run_on_pooled(self, method: str, sql: str, args: tuple[Any, ...]) -> Any:
+        # The pool's connection itself, without SQLAlchemy's Connection around it: a quarter
+        # of the CPU of engine.connect() for the checkout and the return.
+        POOL_WAITING.inc()
         try:
-            # The pool's connection itself, without SQLAlchemy's Connection around it: a
-            # quarter of the CPU of engine.connect() for the checkout and the return.
-            POOL_WAITING.inc()
-            try:
-                pooled = await self.engine.raw_connection()
-            except Exception as error:
-                # No connection, whatever the server said (starting, shut to connections, no
-                # such database or role): the database is not usable now.
-                raise DatabaseUnavailable(f"no connection to the database: {error}") from error
-            finally:
-                POOL_WAITING.dec()
-            driver: asyncpg.Connection = pooled.driver_connection
-            try:
-                result = await getattr(driver, method)(sql, *args)
-            except asyncpg.PostgresError as error:
-                if is_unavailable(error):
-                    await greenlet_spawn(pooled.invalidate)
-                else:
-                    await greenlet_spawn(pooled.close)
-                raise
-            except BaseException:
-                # The connection's state is unknown (closed, timed out, cancelled half-way):
-                # it must not go back to the pool.
-                await asyncio.shield(greenlet_spawn(pooled.invalidate))
-                raise
-            # Returning it may close it (past the pool's size), which awaits the driver.
-            await greenlet_spawn(pooled.close)
-            return result
+            pooled = await self.engine.raw_connection()
         except Exception as error:
-            # The statement's own refusals go to _run; no connection, a lost one, or no
-            # free one in the pool is a 503.
-            if isinstance(error, asyncpg.PostgresError) or not is_unavailable(error):
-                raise
-            raise DatabaseUnavailable(str(error)) from error
+            # No connection, whatever the server said (starting, shut to connections, no
+            # such database or role): the database is not usable now.
+            raise DatabaseUnavailable(f"no connection to the database: {error}") from error
+        finally:
+            POOL_WAITING.dec()
+        driver: asyncpg.Connection = pooled.driver_connection
+        try:
+            result = await getattr(driver, method)(sql, *args)
+        except asyncpg.PostgresError as error:
+            if is_unavailable(error):
+                await greenlet_spawn(pooled.invalidate)
+            else:
+                await greenlet_spawn(pooled.close)
+            raise
+        except BaseException:
+            # The connection's state is unknown (closed, broken, timed out, cancelled
+            # half-way): it must not go back to the pool.
+            await asyncio.shield(greenlet_spawn(pooled.invalidate))
+            raise
+        # Returning it may close it (past the pool's size), which awaits the driver.
+        await greenlet_spawn(pooled.close)
+        return result
 
 
 class Coalesced(Generic[T, R]):

@@ -27,7 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from .db import is_unavailable, read_transaction, single_read
+from .db import DRIVER_ERRORS, is_unavailable, read_transaction, single_read
 from .direct import KeyedGate
 from .errors import CustomerNotFound, DatabaseUnavailable
 from .metrics import EXPORTS
@@ -507,7 +507,7 @@ async def _abandon(
             await conn.invalidate()
         for copy in copies:
             await copy.close()
-    driver_error = isinstance(error, (asyncpg.PostgresError, asyncpg.InterfaceError))
+    driver_error = isinstance(error, (asyncpg.PostgresError, *DRIVER_ERRORS))
     if driver_error and is_unavailable(error):
         return DatabaseUnavailable(str(error))
     return None

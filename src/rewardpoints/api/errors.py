@@ -15,7 +15,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ..db import is_unavailable
+from ..db import DRIVER_ERRORS, is_unavailable
 from ..documents import dumps
 from ..errors import (
     AuthenticationFailed,
@@ -333,6 +333,8 @@ def install(app: FastAPI) -> None:
         return server_error(request, 500)
 
     async def on_unexpected(request: Request, error: Exception) -> Response:
+        if is_unavailable(error):  # e.g. a PostgreSQL error the driver raised by itself
+            return await on_database_error(request, error)
         log.exception("unexpected error", exc_info=error)
         return server_error(request, 500)
 
@@ -342,4 +344,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, on_database_error)
     app.add_exception_handler(PoolTimeout, on_database_error)
     app.add_exception_handler(OSError, on_database_error)
+    for driver_error in DRIVER_ERRORS:  # the driver's own, raised outside SQLAlchemy
+        app.add_exception_handler(driver_error, on_database_error)
     app.add_exception_handler(Exception, on_unexpected)
