@@ -1,8 +1,9 @@
 """Customer summaries as Emporix's ``pointsSummaryOut`` JSON documents, written by PostgreSQL.
 
-The database writes each document itself, one row per customer, so a summary of 100,000 lots or
-a tenant of millions is never turned into Python objects row by row; long ones are streamed as
-they are read. Expiry is measured at the database's clock (rewardpoints_read_now).
+The database writes each document itself, so a summary of 100,000 lots or a tenant of millions
+is never turned into Python objects row by row; long ones are streamed as they are read, in rows
+of a bounded length, so the worker's memory grows with no customer's history. Expiry is measured
+at the database's clock (rewardpoints_read_now).
 """
 
 from __future__ import annotations
@@ -148,13 +149,19 @@ _REDEMPTION_ORDER = "ORDER BY re.created_at, re.id"
 _ACTIVE = "SUM(CASE WHEN lo.valid_until > {now} THEN lo.points - lo.used_points ELSE 0 END)"
 # The moment a summary's expiry is measured at, read once per statement.
 _NOW = "(SELECT rewardpoints_read_now())"
-# The customer's document from its active points and its lists' items (NULL when empty).
-_DOCUMENT = (
-    """'{"customerId":' || to_json(a.customer_id::text)::text"""
-    """ || ',"activePoints":' || COALESCE(l.active, 0)::text"""
-    """ || ',"summary":{"addedPointsList":[' || COALESCE(l.items, '')"""
-    """ || '],"redeemedPointsList":[' || COALESCE(r.items, '') || ']}}'"""
-)
+
+
+def _document(lot_items: str = "l.items", redemption_items: str = "r.items") -> str:
+    """The customer's document from its active points and its lists' items (NULL when empty)."""
+    return (
+        """'{"customerId":' || to_json(a.customer_id::text)::text"""
+        """ || ',"activePoints":' || COALESCE(l.active, 0)::text"""
+        f""" || ',"summary":{{"addedPointsList":[' || COALESCE({lot_items}, '')"""
+        f""" || '],"redeemedPointsList":[' || COALESCE({redemption_items}, '') || ']}}}}'"""
+    )
+
+
+_DOCUMENT = _document()
 
 # A lot's usedWith: its usages read in list order through their own index (migration 0007) and
 # joined as they come. An ordered aggregate (string_agg(... ORDER BY ...)) would sort each lot's
@@ -231,9 +238,34 @@ _DOCUMENT_END = b"]}}"
 _WHOLE = 1_000_000_000
 
 
+# Each row of COPY reaches the worker whole: the driver takes in all of a row before it hands it
+# on, and the worker copies it a few times more on its way out. One row per document would make
+# the worker's memory grow, several times over, with the longest history of the tenant, so a
+# document longer than _PIECE_BYTES is sent as several rows: one list item each, the first with
+# the document's start before it, the last with its end. The break between two rows is the
+# comma between two items, and the rows of an export are joined with commas (_documents), so
+# the bytes are the same. The commas to break at are marked with a character that JSON written
+# by PostgreSQL never holds (it escapes every control character) and the document is split
+# there; the lists' joined items (l.items, r.items) tell its length at no cost. The pieces are
+# made after the rows are ordered (PostgreSQL sets such a function of the select list after
+# the sort), so they stay in their order.
+_PIECE_BYTES = 64 * 1024
+_LONGER_THAN_A_PIECE = (
+    f"COALESCE(octet_length(l.items), 0) + COALESCE(octet_length(r.items), 0) > {_PIECE_BYTES}"
+)
+
+
+def _broken(items: str) -> str:
+    return f"""replace({items}, '}},{{"id":', E'}}\\x1e{{"id":')"""
+
+
+_PIECES = f"string_to_array({_document(_broken('l.items'), _broken('r.items'))}, E'\\x1e')"
+
+
 @functools.cache
 def _range_documents(*, lower: bool, upper: bool) -> str:
-    """The documents of tenant $1's customers in one range of ids, ordered by id; $2 is now.
+    """The documents of tenant $1's customers in one range of ids, ordered by id, a long one in
+    pieces (``_PIECE_BYTES``); $2 is now.
 
     The range is ``[$3, $4)``, without the bounds not asked for (``$3`` is then the upper one).
     The accounts, lots and redemptions of the range are each read once in customer order (their
@@ -263,7 +295,8 @@ WITH l AS (
     WHERE re.tenant = $1{within("re.customer_id")}
     GROUP BY re.customer_id
 )
-SELECT {_DOCUMENT} AS document
+SELECT unnest(CASE WHEN {_LONGER_THAN_A_PIECE} THEN {_PIECES} ELSE ARRAY[{_DOCUMENT}] END)
+    AS document
 FROM accounts a
 LEFT JOIN l ON l.customer_id = a.customer_id
 LEFT JOIN r ON r.customer_id = a.customer_id
@@ -413,13 +446,13 @@ async def summary_documents(docs: Documents, tenant: str) -> AsyncGenerator[byte
 async def _documents(docs: Documents, tenant: str) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array.
 
-    Each item holds several documents separated by commas, so the items joined with commas are
-    the array's elements. The tenant's customers are read in ranges
-    (``BatchExport.range_customers`` each) with ``COPY ... TO STDOUT``, on up to
-    ``BatchExport.connections`` connections that share one snapshot and one moment for expiry:
-    while one range is sent, the next ones are being made by other PostgreSQL backends, a
-    bounded amount ahead. Every range is read as fast as it is sent, and the response is the
-    tenant as of one moment.
+    Each item holds several rows separated by commas, each a document or a piece of a long one
+    (``_range_documents``), so the items joined with commas are the array's elements. The
+    tenant's customers are read in ranges (``BatchExport.range_customers`` each) with
+    ``COPY ... TO STDOUT``, on up to ``BatchExport.connections`` connections that share one
+    snapshot and one moment for expiry: while one range is sent, the next ones are being made
+    by other PostgreSQL backends, a bounded amount ahead. Every range is read as fast as it is
+    sent, and the response is the tenant as of one moment.
     """
     export = docs.batch_export
     engine = docs.engine
