@@ -73,24 +73,29 @@ class BatchExport:
 
 
 @dataclass(slots=True)
-class StreamSlots:
+class SummaryStreams:
     """At most ``limit`` summaries streamed at once by one process. A streamed summary holds
     its connection for as long as its client takes to read it, so slow clients, a customer's
-    own among them, could otherwise hold the whole pool; a summary that finds no slot free is
-    built whole, as a short one is, and its connection goes back at once."""
+    own among them, could otherwise hold the whole pool. One more waits for a turn,
+    ``wait_seconds`` at most, and is then refused as the database being busy. It is never built
+    whole instead: that would cost the worker memory in proportion to the history, several
+    times over, for every long summary asked for at once."""
 
     limit: int = 4
-    _in_use: int = 0
+    wait_seconds: float = 10.0
+    _turns: KeyedGate = field(init=False)
 
-    @contextmanager
-    def claim(self) -> Iterator[bool]:
-        """Whether a slot was free; it is held until the block ends."""
-        taken = int(self._in_use < self.limit)
-        self._in_use += taken
-        try:
-            yield bool(taken)
-        finally:
-            self._in_use -= taken
+    def __post_init__(self) -> None:
+        self._turns = KeyedGate(
+            self.wait_seconds,
+            capacity=self.limit,
+            refusal=f"{self.limit} long summaries are being streamed;"
+            f" none ended within {self.wait_seconds:g} s",
+        )
+
+    def turn(self) -> AbstractAsyncContextManager[None]:
+        """One of the ``limit`` turns, held until the block ends."""
+        return self._turns.hold(None)
 
 
 @dataclass(slots=True)
@@ -98,13 +103,13 @@ class Documents:
     """The summaries of one service: its engine, and the limits on its long reads.
 
     A customer with more lots, or more redemptions, than ``stream_entries`` gets its summary
-    streamed rather than built whole first, while one of ``streams`` is free.
+    streamed rather than built whole first, in one of the turns of ``streams``.
     """
 
     engine: AsyncEngine
     batch_export: BatchExport = field(default_factory=BatchExport)
     stream_entries: int = 1000
-    streams: StreamSlots = field(default_factory=StreamSlots)
+    streams: SummaryStreams = field(default_factory=SummaryStreams)
 
 
 def _stamp(column: str) -> str:
@@ -234,8 +239,6 @@ WHERE re.tenant = $1 AND re.customer_id = $2
 """
 _BETWEEN_LISTS = b'],"redeemedPointsList":['
 _DOCUMENT_END = b"]}}"
-# ``:most`` of a summary built whole whatever its length.
-_WHOLE = 1_000_000_000
 
 
 # Each row of COPY reaches the worker whole: the driver takes in all of a row before it hands it
@@ -376,26 +379,28 @@ async def summary_document(
     """The customer's document, in parts that joined are the document.
 
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
-    ``docs.stream_entries`` lots and as many redemptions is one part, and so is every summary
-    while ``docs.streams`` are all taken. A longer one is streamed: its lists are read with
-    ``COPY ... TO STDOUT`` as they are sent, a bounded amount ahead, so a history of 100,000
-    lots (27 MB of JSON) is not held in the worker's memory, and its first bytes leave at once.
-    Either way it is the customer as of one moment.
+    ``docs.stream_entries`` lots and as many redemptions is one part. A longer one is streamed,
+    in one of the turns of ``docs.streams`` (an answer that finds them all taken waits for one,
+    and fails as the database being unavailable if none comes in time, before its first part):
+    its lists are read with ``COPY ... TO STDOUT`` as they are sent, a bounded amount ahead, so
+    a history of 100,000 lots (27 MB of JSON) is not held in the worker's memory, and its first
+    bytes leave at once. Either way it is the customer as of one moment.
     """
-    with docs.streams.claim() as may_stream:
-        most = docs.stream_entries if may_stream else _WHOLE
-        params = {"tenant": tenant, "customer": customer_id, "most": most}
-        async with single_read(docs.engine) as conn:
-            row = (await conn.execute(_ONE_DOCUMENT, params)).first()
-        if row is None:
-            raise CustomerNotFound(customer_id)
-        if row.document is not None:
-            yield str(row.document).encode()
-            return
-        # Closed with this generator, so its connection is given up when this one is closed.
-        async with aclosing(_streamed_document(docs.engine, tenant, customer_id)) as parts:
-            async for part in parts:
-                yield part
+    params = {"tenant": tenant, "customer": customer_id, "most": docs.stream_entries}
+    async with single_read(docs.engine) as conn:
+        row = (await conn.execute(_ONE_DOCUMENT, params)).first()
+    if row is None:
+        raise CustomerNotFound(customer_id)
+    if row.document is not None:
+        yield str(row.document).encode()
+        return
+    # Closed with this generator, so its connection and turn are given up when this one is.
+    async with (
+        docs.streams.turn(),
+        aclosing(_streamed_document(docs.engine, tenant, customer_id)) as parts,
+    ):
+        async for part in parts:
+            yield part
 
 
 async def _streamed_document(
