@@ -314,7 +314,7 @@ async def test_a_long_summary_finding_no_stream_free_in_time_is_a_503_with_retry
     finally:
         await application.state.ledger.engine.dispose()
     for answer in (refused, refused_own):
-        assert answer.status_code == 503, answer.text
+        assert answer.status_code == 503, answer.text[:200]
         assert answer.headers["retry-after"] == "1"
         assert answer.json()["error"] == "Service Unavailable"
     assert waited >= 0.9
@@ -355,14 +355,14 @@ async def test_customers_who_stop_reading_their_summaries_do_not_hold_the_pool(
                 balance = await http.get(
                     "/reward-points/customer/long", headers=bearer(token(tenant))
                 )
-                assert balance.status_code == 200, (balance.text, server.output())
+                assert balance.status_code == 200, balance.text
                 assert balance.json() == 200_000
                 refused = await asyncio.gather(*waiting)
         finally:
             sock.close()
         await until_no_busy_connection(pg_url)
     for answer in refused:
-        assert answer.status_code == 503, answer.text
+        assert answer.status_code == 503, answer.text[:200]
         assert answer.headers["retry-after"] == "1"
 
 
