@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -249,11 +249,13 @@ async def test_a_client_hanging_up_mid_summary_leaves_no_busy_connection(
     assert len(json.loads(again.content)["summary"]["addedPointsList"]) == 20_000
 
 
-async def test_a_summary_finding_every_stream_taken_is_built_whole(
+async def test_a_long_summary_finding_every_stream_taken_waits_for_one(
     pg_url: str, tenant: str
 ) -> None:
-    """With one stream per process, a second long summary while the first is being sent is
-    built whole (its length known, its connection given back at once); the same bytes."""
+    """With one stream per process, a second long summary while the first is being sent waits
+    for the stream rather than being built whole (which costs the worker memory in proportion
+    to the history), and is streamed once the first has ended: the same bytes. A short summary
+    needs no stream and is answered meanwhile."""
     await load_long_history(pg_url, tenant, lots=2_000, used=500)
     headers = bearer(token(tenant))
     path = "/reward-points/customer/long/summary"
@@ -262,56 +264,107 @@ async def test_a_summary_finding_every_stream_taken_is_built_whole(
     transport = httpx.ASGITransport(app=application)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            added = await http.post(
+                "/reward-points/customer/short/addPoints", json={"points": 5}, headers=headers
+            )
+            assert added.status_code == 201, added.text
             parts = summary_document(application.state.documents, tenant, "long")
             received = [await anext(parts), await anext(parts)]
-            meanwhile = await http.get(path, headers=headers)
+            waiting = asyncio.create_task(http.get(path, headers=headers))
+            short = await http.get("/reward-points/customer/short/summary", headers=headers)
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            received += [part async for part in parts]
+            after = await waiting
+    finally:
+        await application.state.ledger.engine.dispose()
+    assert len(received) > 2  # the first was streamed
+    assert short.status_code == 200, short.text
+    assert short.json()["activePoints"] == 5
+    assert after.status_code == 200, after.text
+    assert "content-length" not in after.headers  # streamed too
+    assert after.content == b"".join(received)
+    assert len(json.loads(after.content)["summary"]["addedPointsList"]) == 2_000
+
+
+async def test_a_long_summary_finding_no_stream_free_in_time_is_a_503_with_retry_after(
+    pg_url: str, tenant: str
+) -> None:
+    """The wait is as long as for a database connection; then the answer is the 503 of a busy
+    database (Emporix's shape, ``Retry-After``), and the stream is free again afterwards."""
+    await load_long_history(pg_url, tenant, lots=2_000, used=500)
+    headers = bearer(token(tenant))
+    path = "/reward-points/customer/long/summary"
+    settings = make_settings(
+        pg_url, summary_stream_entries=100, summary_streams=1, database_pool_timeout_seconds=1
+    )
+    application = create_app(settings)
+    transport = httpx.ASGITransport(app=application)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            parts = summary_document(application.state.documents, tenant, "long")
+            received = [await anext(parts), await anext(parts)]
+            started = time.monotonic()
+            refused = await http.get(path, headers=headers)
+            waited = time.monotonic() - started
+            own = bearer(token(tenant, (), customer_id="long"))
+            refused_own = await http.get("/reward-points/public/customer/summary", headers=own)
             received += [part async for part in parts]
             after = await http.get(path, headers=headers)
     finally:
         await application.state.ledger.engine.dispose()
-    assert len(received) > 2  # the first was streamed
-    assert meanwhile.status_code == 200, meanwhile.text
-    assert meanwhile.headers["content-length"] == str(len(meanwhile.content))
-    assert meanwhile.content == b"".join(received)
-    assert after.status_code == 200
-    assert "content-length" not in after.headers  # the stream is free again
-    assert after.content == meanwhile.content
+    for answer in (refused, refused_own):
+        assert answer.status_code == 503, answer.text[:200]
+        assert answer.headers["retry-after"] == "1"
+        assert answer.json()["error"] == "Service Unavailable"
+    assert waited >= 0.9
+    assert after.status_code == 200, after.text
+    assert after.content == b"".join(received)
 
 
 @pytest.mark.slow
 async def test_customers_who_stop_reading_their_summaries_do_not_hold_the_pool(
     pg_url: str, tenant: str
 ) -> None:
-    """Four customers' apps ask for a long summary and stop reading. Streamed, each would hold a
-    connection for as long as it likes: with a pool of 2 (+2 overflow) every other request
-    would wait 2 s and get a 503. One is streamed; the others are built whole and let go."""
+    """A customer's app asks for its long summary and stops reading: streamed, it holds a
+    connection (and, with one stream per process, the stream) until the send timeout. Three
+    more ask meanwhile: they wait for the stream without a connection, then get a 503. Had they
+    held one while waiting, the pool (2, +2 overflow) would be taken, and the balances asked for
+    meanwhile would wait up to the pool's timeout (8 s)."""
     await load_long_history(pg_url, tenant, lots=30_000, used=10_000)
     env = {
         "REWARDPOINTS_DATABASE_URL": pg_url,
         "REWARDPOINTS_JWT_SECRET": TEST_SECRET,
         "REWARDPOINTS_DATABASE_POOL_SIZE": "2",
-        "REWARDPOINTS_DATABASE_POOL_TIMEOUT_SECONDS": "2",
+        "REWARDPOINTS_DATABASE_POOL_TIMEOUT_SECONDS": "8",
         "REWARDPOINTS_SUMMARY_STREAMS": "1",
     }
     own = bearer(token(tenant, (), customer_id="long"))
-    stalled: list[socket.socket] = []
+    path = "/reward-points/public/customer/summary"
+    balances: list[tuple[int, float]] = []
     with server_process(env) as server:
+        sock, _ = await asyncio.to_thread(stall, server.base, own, path)
         try:
-            for _ in range(4):
-                path = "/reward-points/public/customer/summary"
-                sock, _ = await asyncio.to_thread(stall, server.base, own, path)
-                stalled.append(sock)
             async with httpx.AsyncClient(base_url=server.base, timeout=30) as http:
-                balance = await http.get(
-                    "/reward-points/customer/long", headers=bearer(token(tenant))
-                )
-                assert balance.status_code == 200, balance.text
-                assert balance.json() == 200_000
-                assert len(await busy_connections(pg_url)) == 1  # the one stream
+                waiting = [asyncio.create_task(http.get(path, headers=own)) for _ in range(3)]
+                while not all(task.done() for task in waiting):
+                    started = time.monotonic()
+                    balance = await http.get(
+                        "/reward-points/customer/long", headers=bearer(token(tenant))
+                    )
+                    balances.append((balance.status_code, time.monotonic() - started))
+                    await asyncio.sleep(0.1)
+                refused = await asyncio.gather(*waiting)
+                assert len(await busy_connections(pg_url)) == 1  # the stream's
         finally:
-            for sock in stalled:
-                sock.close()
+            sock.close()
         await until_no_busy_connection(pg_url)
+    for answer in refused:
+        assert answer.status_code == 503, answer.text[:200]
+        assert answer.headers["retry-after"] == "1"
+    assert len(balances) > 10
+    assert {status for status, _ in balances} == {200}
+    assert max(seconds for _, seconds in balances) < 2
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from .api.openapi import openapi_builder
 from .auth import JwksCache, TokenVerifier
 from .config import Settings
 from .db import Clock, create_engine, is_unavailable
-from .documents import BatchExport, Documents, StreamSlots
+from .documents import BatchExport, Documents, SummaryStreams
 from .idempotency import IdempotencyStore
 from .ledger import Ledger
 from .logs import with_request_id
@@ -87,7 +87,9 @@ def create_app(
             wait_seconds=settings.database_pool_timeout_seconds,
         ),
         stream_entries=settings.summary_stream_entries,
-        streams=StreamSlots(settings.summary_streams),
+        streams=SummaryStreams(
+            settings.summary_streams, wait_seconds=settings.database_pool_timeout_seconds
+        ),
     )
     verifier = TokenVerifier(settings, jwks=jwks)
 

@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     # On PostgreSQL, the summary of a customer with more lots, or more redemptions, than this is
     # streamed as it is read instead of built whole in memory first (documents.py).
     summary_stream_entries: int = Field(default=1000, ge=0, le=1_000_000)
-    # ... by at most this many streams at once per process; beyond, they are built whole.
-    summary_streams: int = Field(default=4, ge=0, le=1000)
+    # ... by at most this many streams at once per process; one more waits for a turn as long
+    # as a request waits for a connection, then is answered 503 (never built whole).
+    summary_streams: int = Field(default=4, ge=1, le=1000)
     # On PostgreSQL, at most this many statements applying redemptions, and as many applying
     # additions, are out at once per process; the writes that wait meanwhile go together in
     # the next one (direct.py, rewardpoints_add_many.sql, rewardpoints_redeem_many.sql).

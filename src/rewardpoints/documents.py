@@ -1,8 +1,9 @@
 """Customer summaries as Emporix's ``pointsSummaryOut`` JSON documents, written by PostgreSQL.
 
-The database writes each document itself, one row per customer, so a summary of 100,000 lots or
-a tenant of millions is never turned into Python objects row by row; long ones are streamed as
-they are read. Expiry is measured at the database's clock (rewardpoints_read_now).
+The database writes each document itself, so a summary of 100,000 lots or a tenant of millions
+is never turned into Python objects row by row; long ones are streamed as they are read, in rows
+of a bounded length, so the worker's memory grows with no customer's history. Expiry is measured
+at the database's clock (rewardpoints_read_now).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import (
+    AbstractAsyncContextManager,
     AsyncExitStack,
     aclosing,
     asynccontextmanager,
@@ -84,24 +86,29 @@ class BatchExport:
 
 
 @dataclass(slots=True)
-class StreamSlots:
+class SummaryStreams:
     """At most ``limit`` summaries streamed at once by one process. A streamed summary holds
     its connection for as long as its client takes to read it, so slow clients, a customer's
-    own among them, could otherwise hold the whole pool; a summary that finds no slot free is
-    built whole, as a short one is, and its connection goes back at once."""
+    own among them, could otherwise hold the whole pool. One more waits for a turn,
+    ``wait_seconds`` at most, and is then refused as the database being busy. It is never built
+    whole instead: that would cost the worker memory in proportion to the history, several
+    times over, for every long summary asked for at once."""
 
     limit: int = 4
-    _in_use: int = 0
+    wait_seconds: float = 10.0
+    _turns: KeyedGate = field(init=False)
 
-    @contextmanager
-    def claim(self) -> Iterator[bool]:
-        """Whether a slot was free; it is held until the block ends."""
-        taken = int(self._in_use < self.limit)
-        self._in_use += taken
-        try:
-            yield bool(taken)
-        finally:
-            self._in_use -= taken
+    def __post_init__(self) -> None:
+        self._turns = KeyedGate(
+            self.wait_seconds,
+            capacity=self.limit,
+            refusal=f"{self.limit} long summaries are being streamed;"
+            f" none ended within {self.wait_seconds:g} s",
+        )
+
+    def turn(self) -> AbstractAsyncContextManager[None]:
+        """One of the ``limit`` turns, held until the block ends."""
+        return self._turns.hold(None)
 
 
 @dataclass(slots=True)
@@ -109,13 +116,13 @@ class Documents:
     """The summaries of one service: its engine, and the limits on its long reads.
 
     A customer with more lots, or more redemptions, than ``stream_entries`` gets its summary
-    streamed rather than built whole first, while one of ``streams`` is free.
+    streamed rather than built whole first, in one of the turns of ``streams``.
     """
 
     engine: AsyncEngine
     batch_export: BatchExport = field(default_factory=BatchExport)
     stream_entries: int = 1000
-    streams: StreamSlots = field(default_factory=StreamSlots)
+    streams: SummaryStreams = field(default_factory=SummaryStreams)
 
 
 def _stamp(column: str) -> str:
@@ -160,13 +167,19 @@ _REDEMPTION_ORDER = "ORDER BY re.created_at, re.id"
 _ACTIVE = "SUM(CASE WHEN lo.valid_until > {now} THEN lo.points - lo.used_points ELSE 0 END)"
 # The moment a summary's expiry is measured at, read once per statement.
 _NOW = "(SELECT rewardpoints_read_now())"
-# The customer's document from its active points and its lists' items (NULL when empty).
-_DOCUMENT = (
-    """'{"customerId":' || to_json(a.customer_id::text)::text"""
-    """ || ',"activePoints":' || COALESCE(l.active, 0)::text"""
-    """ || ',"summary":{"addedPointsList":[' || COALESCE(l.items, '')"""
-    """ || '],"redeemedPointsList":[' || COALESCE(r.items, '') || ']}}'"""
-)
+
+
+def _document(lot_items: str = "l.items", redemption_items: str = "r.items") -> str:
+    """The customer's document from its active points and its lists' items (NULL when empty)."""
+    return (
+        """'{"customerId":' || to_json(a.customer_id::text)::text"""
+        """ || ',"activePoints":' || COALESCE(l.active, 0)::text"""
+        f""" || ',"summary":{{"addedPointsList":[' || COALESCE({lot_items}, '')"""
+        f""" || '],"redeemedPointsList":[' || COALESCE({redemption_items}, '') || ']}}}}'"""
+    )
+
+
+_DOCUMENT = _document()
 
 # A lot's usedWith: its usages read in list order through their own index (migration 0007) and
 # joined as they come. An ordered aggregate (string_agg(... ORDER BY ...)) would sort each lot's
@@ -239,13 +252,36 @@ WHERE re.tenant = $1 AND re.customer_id = $2
 """
 _BETWEEN_LISTS = b'],"redeemedPointsList":['
 _DOCUMENT_END = b"]}}"
-# ``:most`` of a summary built whole whatever its length.
-_WHOLE = 1_000_000_000
+
+
+# Each row of COPY reaches the worker whole: the driver takes in all of a row before it hands it
+# on, and the worker copies it a few times more on its way out. One row per document would make
+# the worker's memory grow, several times over, with the longest history of the tenant, so a
+# document longer than _PIECE_BYTES is sent as several rows: one list item each, the first with
+# the document's start before it, the last with its end. The break between two rows is the
+# comma between two items, and the rows of an export are joined with commas (_documents), so
+# the bytes are the same. The commas to break at are marked with a character that JSON written
+# by PostgreSQL never holds (it escapes every control character) and the document is split
+# there; the lists' joined items (l.items, r.items) tell its length at no cost. The pieces are
+# made after the rows are ordered (PostgreSQL sets such a function of the select list after
+# the sort), so they stay in their order.
+_PIECE_BYTES = 64 * 1024
+_LONGER_THAN_A_PIECE = (
+    f"COALESCE(octet_length(l.items), 0) + COALESCE(octet_length(r.items), 0) > {_PIECE_BYTES}"
+)
+
+
+def _broken(items: str) -> str:
+    return f"""replace({items}, '}},{{"id":', E'}}\\x1e{{"id":')"""
+
+
+_PIECES = f"string_to_array({_document(_broken('l.items'), _broken('r.items'))}, E'\\x1e')"
 
 
 @functools.cache
 def _range_documents(*, lower: bool, upper: bool) -> str:
-    """The documents of tenant $1's customers in one range of ids, ordered by id; $2 is now.
+    """The documents of tenant $1's customers in one range of ids, ordered by id, a long one in
+    pieces (``_PIECE_BYTES``); $2 is now.
 
     The range is ``[$3, $4)``, without the bounds not asked for (``$3`` is then the upper one).
     The accounts, lots and redemptions of the range are each read once in customer order (their
@@ -275,7 +311,8 @@ WITH l AS (
     WHERE re.tenant = $1{within("re.customer_id")}
     GROUP BY re.customer_id
 )
-SELECT {_DOCUMENT} AS document
+SELECT unnest(CASE WHEN {_LONGER_THAN_A_PIECE} THEN {_PIECES} ELSE ARRAY[{_DOCUMENT}] END)
+    AS document
 FROM accounts a
 LEFT JOIN l ON l.customer_id = a.customer_id
 LEFT JOIN r ON r.customer_id = a.customer_id
@@ -355,26 +392,28 @@ async def summary_document(
     """The customer's document, in parts that joined are the document.
 
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
-    ``docs.stream_entries`` lots and as many redemptions is one part, and so is every summary
-    while ``docs.streams`` are all taken. A longer one is streamed: its lists are read with
-    ``COPY ... TO STDOUT`` as they are sent, a bounded amount ahead, so a history of 100,000
-    lots (27 MB of JSON) is not held in the worker's memory, and its first bytes leave at once.
-    Either way it is the customer as of one moment.
+    ``docs.stream_entries`` lots and as many redemptions is one part. A longer one is streamed,
+    in one of the turns of ``docs.streams`` (an answer that finds them all taken waits for one,
+    and fails as the database being unavailable if none comes in time, before its first part):
+    its lists are read with ``COPY ... TO STDOUT`` as they are sent, a bounded amount ahead, so
+    a history of 100,000 lots (27 MB of JSON) is not held in the worker's memory, and its first
+    bytes leave at once. Either way it is the customer as of one moment.
     """
-    with docs.streams.claim() as may_stream:
-        most = docs.stream_entries if may_stream else _WHOLE
-        params = {"tenant": tenant, "customer": customer_id, "most": most}
-        async with single_read(docs.engine) as conn:
-            row = (await conn.execute(_ONE_DOCUMENT, params)).first()
-        if row is None:
-            raise CustomerNotFound(customer_id)
-        if row.document is not None:
-            yield str(row.document).encode()
-            return
-        # Closed with this generator, so its connection is given up when this one is closed.
-        async with aclosing(_streamed_document(docs.engine, tenant, customer_id)) as parts:
-            async for part in parts:
-                yield part
+    params = {"tenant": tenant, "customer": customer_id, "most": docs.stream_entries}
+    async with single_read(docs.engine) as conn:
+        row = (await conn.execute(_ONE_DOCUMENT, params)).first()
+    if row is None:
+        raise CustomerNotFound(customer_id)
+    if row.document is not None:
+        yield str(row.document).encode()
+        return
+    # Closed with this generator, so its connection and turn are given up when this one is.
+    async with (
+        docs.streams.turn(),
+        aclosing(_streamed_document(docs.engine, tenant, customer_id)) as parts,
+    ):
+        async for part in parts:
+            yield part
 
 
 async def _streamed_document(
@@ -425,13 +464,13 @@ async def summary_documents(docs: Documents, tenant: str) -> AsyncGenerator[byte
 async def _documents(docs: Documents, tenant: str) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array.
 
-    Each item holds several documents separated by commas, so the items joined with commas are
-    the array's elements. The tenant's customers are read in ranges
-    (``BatchExport.range_customers`` each) with ``COPY ... TO STDOUT``, on up to
-    ``BatchExport.connections`` connections that share one snapshot and one moment for expiry:
-    while one range is sent, the next ones are being made by other PostgreSQL backends, a
-    bounded amount ahead. Every range is read as fast as it is sent, and the response is the
-    tenant as of one moment.
+    Each item holds several rows separated by commas, each a document or a piece of a long one
+    (``_range_documents``), so the items joined with commas are the array's elements. The
+    tenant's customers are read in ranges (``BatchExport.range_customers`` each) with
+    ``COPY ... TO STDOUT``, on up to ``BatchExport.connections`` connections that share one
+    snapshot and one moment for expiry: while one range is sent, the next ones are being made
+    by other PostgreSQL backends, a bounded amount ahead. Every range is read as fast as it is
+    sent, and the response is the tenant as of one moment.
     """
     export = docs.batch_export
     engine = docs.engine
