@@ -22,7 +22,7 @@ from .api.openapi import openapi_builder
 from .auth import JwksCache, TokenVerifier
 from .config import Settings
 from .db import Clock, create_engine, is_unavailable
-from .documents import BatchExport, Documents, SummaryStreams
+from .documents import Documents
 from .idempotency import IdempotencyStore
 from .ledger import Ledger
 from .logs import with_request_id
@@ -78,19 +78,7 @@ def create_app(
         lock_timeout_seconds=settings.lock_timeout_ms / 1000,
         write_statements=settings.write_statements,
     )
-    documents = Documents(
-        engine,
-        BatchExport(
-            settings.summary_batch_connections,
-            settings.summary_batch_range_customers,
-            exports=settings.summary_batch_exports,
-            wait_seconds=settings.database_pool_timeout_seconds,
-        ),
-        stream_entries=settings.summary_stream_entries,
-        streams=SummaryStreams(
-            settings.summary_streams, wait_seconds=settings.database_pool_timeout_seconds
-        ),
-    )
+    documents = Documents.configured(engine, settings)
     verifier = TokenVerifier(settings, jwks=jwks)
 
     idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))

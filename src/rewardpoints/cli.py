@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, BinaryIO, NoReturn
 
 import typer
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from alembic.config import Config
     from fastapi import FastAPI
 
+    from .transfer import Imported
+
 log = logging.getLogger("rewardpoints")
 # Set by `serve --workers N` on the embedded cluster: the file its workers hold a lock on.
 WORKER_CLUSTER_USERS = "REWARDPOINTS_EMBEDDED_CLUSTER_USERS"
@@ -38,6 +40,11 @@ PREFIX = "REWARDPOINTS_"
 # Exit codes: 2 for configuration and usage (as Click's usage errors), 1 for start-up failures.
 CONFIGURATION_ERROR = 2
 START_UP_ERROR = 1
+
+
+class Format(StrEnum):
+    json = "json"
+    ndjson = "ndjson"
 
 
 class LogLevel(StrEnum):
@@ -389,6 +396,155 @@ def history(
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     command.history(config, verbose=verbose)
+
+
+# ---- export and import ------------------------------------------------------------------
+
+TenantOption = Annotated[str, typer.Option(help="The tenant: lowercase, 3-16 characters.")]
+
+
+def _tenant(tenant: str) -> str:
+    from .auth import is_valid_tenant
+
+    if not is_valid_tenant(tenant):
+        fail(
+            f"--tenant {tenant!r} is not a tenant: lowercase, 3-16 characters", CONFIGURATION_ERROR
+        )
+    return tenant
+
+
+@app.command("export")
+def export_(
+    tenant: TenantOption,
+    form: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            help="json: the summaryBatch answer, byte for byte; ndjson: one document a line.",
+        ),
+    ] = Format.json,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="The file to write; standard output if not given."),
+    ] = None,
+    log_level: LevelOption = LogLevel.info,
+) -> None:
+    """Write every customer of TENANT as summaryBatch documents, as of one moment.
+
+    A file is written beside its name first and renamed when complete, so an interrupted
+    export never leaves a file that looks whole."""
+    import asyncio
+
+    _tenant(tenant)
+    settings = load_settings()
+    _configure_logging(log_level, settings)
+    with (
+        failures(level=log_level),
+        database(settings) as settings,
+        unreachable_database_as_failure(settings),
+    ):
+        if output is None:
+            count = asyncio.run(_export(settings, tenant, form, sys.stdout.buffer))
+        else:
+            partial = output.with_name(output.name + ".partial")
+            try:
+                with partial.open("wb") as out:
+                    count = asyncio.run(_export(settings, tenant, form, out))
+            except OSError as error:
+                raise Failure(f"--output {output}: {error.strerror or error}") from error
+            except BaseException:
+                partial.unlink(missing_ok=True)
+                raise
+            partial.replace(output)
+    print(f"exported {count} customers of {tenant}", file=sys.stderr)
+
+
+async def _export(settings: Settings, tenant: str, form: Format, out: BinaryIO) -> int:
+    from .db import create_engine
+    from .documents import Documents
+    from .transfer import export_tenant
+
+    engine = create_engine(settings)
+    try:
+        docs = Documents.configured(engine, settings)
+        return await export_tenant(docs, tenant, out, ndjson=form is Format.ndjson)
+    finally:
+        await engine.dispose()
+
+
+@app.command("import")
+def import_(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE",
+            help="A summaryBatch answer (a JSON array) or one document a line; - reads "
+            "standard input.",
+        ),
+    ],
+    tenant: TenantOption,
+    log_level: LevelOption = LogLevel.info,
+) -> None:
+    """Load summaryBatch documents (Emporix's, or this service's export) into TENANT.
+
+    Each customer is loaded whole, with its entries' ids, times, usedPoints and usedWith. A
+    customer already present is left as it is, so running the same import again, or again
+    after it was interrupted, adds nothing twice. Each record that cannot be loaded is
+    refused with a line saying why; the others are loaded, and the exit code is then 1."""
+    import asyncio
+
+    from .transfer import Imported
+
+    _tenant(tenant)
+    settings = load_settings()
+    _configure_logging(log_level, settings)
+    try:
+        stream = sys.stdin.buffer if source == "-" else open(source, "rb")  # noqa: SIM115
+    except OSError as error:
+        fail(f"{source}: {error.strerror or error}", START_UP_ERROR)
+    done = Imported()
+    try:
+        with (
+            stream,
+            failures(level=log_level),
+            database(settings) as settings,
+            unreachable_database_as_failure(settings),
+        ):
+            migrate(settings)
+            size = os.fstat(stream.fileno()).st_size if stream.seekable() else None
+            asyncio.run(_import(settings, tenant, stream, size or None, done))
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: {done.customers} customers were loaded and are kept; run the same "
+            "import again to load the rest",
+            file=sys.stderr,
+        )
+        raise typer.Exit(130) from None
+    print(
+        f"imported {done.customers} customers of {tenant} ({done.lots} lots, "
+        f"{done.redemptions} redemptions); {done.present} already present, left as they were; "
+        f"{done.refused} records refused",
+        file=sys.stderr,
+    )
+    if done.refused:
+        raise typer.Exit(START_UP_ERROR)
+
+
+async def _import(
+    settings: Settings, tenant: str, stream: BinaryIO, size: int | None, done: Imported
+) -> None:
+    from .db import create_engine
+    from .transfer import Unreadable, import_tenant
+
+    engine = create_engine(settings)
+    try:
+        await import_tenant(engine, tenant, stream, size=size, refused=sys.stderr, done=done)
+    except Unreadable as error:
+        raise Failure(
+            f"{error}; the {done.customers} customers before it are loaded and kept"
+        ) from error
+    finally:
+        await engine.dispose()
 
 
 # ---- token ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.pool import QueuePool
 
+from .config import Settings
 from .db import DRIVER_ERRORS, is_unavailable, read_transaction, single_read
 from .direct import KeyedGate
 from .errors import CustomerNotFound, DatabaseUnavailable
@@ -123,6 +124,23 @@ class Documents:
     batch_export: BatchExport = field(default_factory=BatchExport)
     stream_entries: int = 1000
     streams: SummaryStreams = field(default_factory=SummaryStreams)
+
+    @classmethod
+    def configured(cls, engine: AsyncEngine, settings: Settings) -> Documents:
+        """The summaries with the limits ``settings`` set."""
+        return cls(
+            engine,
+            BatchExport(
+                settings.summary_batch_connections,
+                settings.summary_batch_range_customers,
+                exports=settings.summary_batch_exports,
+                wait_seconds=settings.database_pool_timeout_seconds,
+            ),
+            stream_entries=settings.summary_stream_entries,
+            streams=SummaryStreams(
+                settings.summary_streams, wait_seconds=settings.database_pool_timeout_seconds
+            ),
+        )
 
 
 def _stamp(column: str) -> str:
