@@ -57,7 +57,7 @@ SCALES: dict[str, dict[str, int]] = {
     },
 }
 
-ALL_PARTS = ("pgbench", "bare", "balance", "add", "redeem", "hot", "history", "batch")
+ALL_PARTS = ("pgbench", "bare", "balance", "add", "redeem", "hot", "history", "batch", "transfer")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -830,6 +830,106 @@ def run_batch(
     }
 
 
+# The tenants the transfer part writes into, and removes afterwards.
+COPY_TENANT = "benchcopy"
+FLOOR_TENANT = "benchfloor"
+# The floor of an import: the same rows written into the same tables by PostgreSQL alone,
+# under another tenant, in one transaction (nothing parsed, nothing sent over the wire).
+_FLOOR_SQL = """
+BEGIN;
+INSERT INTO accounts (tenant, customer_id, created_at, active_since)
+  SELECT '{floor}', customer_id, created_at, active_since FROM accounts WHERE tenant = '{big}';
+INSERT INTO lots (tenant, customer_id, id, reference_id, description, points, used_points,
+                  created_at, valid_until, all_points_after_creation, request_hash)
+  SELECT '{floor}', customer_id, id, reference_id, description, points, used_points,
+         created_at, valid_until, all_points_after_creation, request_hash
+  FROM lots WHERE tenant = '{big}';
+INSERT INTO redemptions (tenant, customer_id, id, description, points, created_at,
+                         all_points_after_creation, request_hash)
+  SELECT '{floor}', customer_id, id, description, points, created_at,
+         all_points_after_creation, request_hash
+  FROM redemptions WHERE tenant = '{big}';
+INSERT INTO lot_usages (tenant, customer_id, lot_id, redemption_id, points, created_at)
+  SELECT '{floor}', customer_id, lot_id, redemption_id, points, created_at
+  FROM lot_usages WHERE tenant = '{big}';
+COMMIT;
+"""
+
+
+def _timed_command(config: Config, workdir: Path, args: list[str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(VENV_BIN / "rewardpoints"), *args, "--log-level", "warning"],
+        env=service_env(config),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"rewardpoints {' '.join(args)} failed:\n{done.stderr[-2000:]}")
+    return seconds
+
+
+def run_transfer(config: Config, workdir: Path) -> dict[str, Any]:
+    """The 1M-lot tenant exported (ndjson), imported into an empty tenant, and exported again:
+    the two exports must be byte-identical. The import is compared with the same rows copied
+    by PostgreSQL alone (its floor), the export with a summaryBatch read of the same tenant."""
+    lots = config.sizes["big_customers"] * LOTS_PER_BIG_CUSTOMER
+
+    def clear() -> None:
+        psql(
+            config,
+            config.database,
+            f"DELETE FROM accounts WHERE tenant IN ('{COPY_TENANT}', '{FLOOR_TENANT}')",
+        )
+        psql(config, config.database, "VACUUM ANALYZE accounts, lots, redemptions, lot_usages")
+
+    clear()
+    first, second = workdir / "export-1.ndjson", workdir / "export-2.ndjson"
+    exported = _timed_command(
+        config, workdir, ["export", "--tenant", BIG_TENANT, "--format", "ndjson", "-o", str(first)]
+    )
+    log(
+        f"export of {BIG_TENANT}: {lots:,} lots, {first.stat().st_size / 1e6:,.0f} MB "
+        f"in {exported:.1f} s"
+    )
+    checkpoint(config)
+    imported = _timed_command(config, workdir, ["import", "--tenant", COPY_TENANT, str(first)])
+    log(f"import into {COPY_TENANT}: {imported:.1f} s = {lots / imported:,.0f} lots/s")
+    again = _timed_command(
+        config,
+        workdir,
+        ["export", "--tenant", COPY_TENANT, "--format", "ndjson", "-o", str(second)],
+    )
+    identical = first.read_bytes() == second.read_bytes()
+    log(f"export of {COPY_TENANT}: {again:.1f} s; byte-identical: {identical}")
+    checkpoint(config)
+    started = time.perf_counter()
+    psql(config, config.database, _FLOOR_SQL.format(floor=FLOOR_TENANT, big=BIG_TENANT))
+    floor = time.perf_counter() - started
+    log(f"the same rows copied by PostgreSQL alone: {floor:.1f} s")
+    token = mint(BIG_TENANT)
+    with running(start_service(config, workdir)) as server:
+        read = stream_batch(server.port, token, config.timeout * 10)
+    clear()
+    size = first.stat().st_size
+    for path in (first, second):
+        path.unlink()
+    return {
+        "lots": lots,
+        "bytes": size,
+        "export_seconds": exported,
+        "import_seconds": imported,
+        "export_again_seconds": again,
+        "identical": identical,
+        "floor_seconds": floor,
+        "summary_batch_seconds": read["seconds"],
+        "summary_batch_valid": read["status"] == 200 and read["lots"] == lots,
+    }
+
+
 def run_long_summary(config: Config, workdir: Path, token: str) -> dict[str, Any]:
     """The summary of the 100k-lot customer read to its end, after that of the 10-lot one, on a
     freshly started service: when each one's first byte arrives, how long the whole takes,
@@ -1021,7 +1121,7 @@ def run(config: Config) -> dict[str, Any]:
     }
     results: dict[str, Result] = {}
     listed = scenarios(config)
-    service_parts = {"balance", "add", "redeem", "hot", "history", "batch"}
+    service_parts = {"balance", "add", "redeem", "hot", "history", "batch", "transfer"}
 
     if service_parts & set(config.parts):
         report["seed"] = prepare_service_database(config, workdir)
@@ -1107,6 +1207,9 @@ def run(config: Config) -> dict[str, Any]:
 
     if "history" in config.parts:
         batch["summary"] = run_long_summary(config, workdir, token)
+
+    if "transfer" in config.parts:
+        batch["transfer"] = run_transfer(config, workdir)
 
     report["machine"]["load_average_after"] = os.getloadavg()
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -1326,6 +1429,38 @@ def table_rows(results: dict[str, Result], batch: dict[str, Any]) -> list[dict[s
                 f"{item['peak_mib']:.0f} MB",
                 "≤ 150 MB" if is_big else "—",
                 invalid + (_verdict(item["peak_mib"] <= 150) if is_big else "reference"),
+            )
+        )
+    transfer = batch.get("transfer")
+    if transfer:
+        lots = _lots(transfer["lots"])
+        same = "" if transfer["identical"] else "NOT IDENTICAL "
+        rows.append(
+            _row(
+                f"export, {lots} lots (ndjson)",
+                "1",
+                f"{transfer['lots'] / transfer['export_seconds']:,.0f} lots/s",
+                f"{transfer['export_seconds']:.1f} s",
+                "—",
+                "0",
+                f"summaryBatch read of it ({transfer['summary_batch_seconds']:.1f} s)",
+                f"{transfer['export_seconds'] / transfer['summary_batch_seconds']:.2f}",
+                "—",
+                same + "reference",
+            )
+        )
+        rows.append(
+            _row(
+                f"import, {lots} lots, then export again",
+                "1",
+                f"{transfer['lots'] / transfer['import_seconds']:,.0f} lots/s",
+                f"{transfer['import_seconds']:.1f} s",
+                "—",
+                "0",
+                f"the rows copied in SQL ({transfer['floor_seconds']:.1f} s)",
+                f"{transfer['import_seconds'] / transfer['floor_seconds']:.2f}",
+                "byte-identical",
+                _verdict(transfer["identical"]),
             )
         )
     if mid and big:
