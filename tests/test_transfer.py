@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -541,3 +542,35 @@ def test_progress_is_a_bar_with_rate_and_eta_on_a_terminal_and_plain_lines_elsew
     lines = log.getvalue().splitlines()
     assert lines == [lines[-1]] and "\r" not in log.getvalue()
     assert lines[0].startswith("export t  3 customers") and "ETA" not in lines[0]
+
+
+def test_the_commands_draw_a_bar_on_a_terminal_and_write_plain_lines_elsewhere(
+    database_url: str, home: Path, tenant: str
+) -> None:
+    (home / "in.json").write_bytes(b"".join(generated(customers=50, lots=2)))
+    env = clean_env(home, REWARDPOINTS_DATABASE_URL=database_url)
+    args = [str(COMMAND), "import", "--tenant", tenant, "--log-level", "warning", "in.json"]
+    primary, secondary = pty.openpty()
+    try:
+        child = subprocess.run(args, env=env, cwd=home, stderr=secondary, timeout=60)
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                data = os.read(primary, 65536)
+            except OSError:  # the terminal's other side is closed: everything was read
+                break
+            if not data:
+                break
+            shown += data
+    finally:
+        os.close(primary)
+    assert child.returncode == 0
+    assert b"\r\x1b[2K" in shown and b"[########################]" in shown
+    assert b"100.0%" in shown and b"50 customers" in shown
+
+    piped = import_(database_url, home, other_tenant(), "in.json")
+    assert piped.returncode == 0
+    lines = piped.stderr.decode().splitlines()
+    assert b"\r" not in piped.stderr and b"\x1b" not in piped.stderr
+    assert any(line.startswith("import ") and "100.0%" in line for line in lines), lines
