@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
-from .api import docs, errors, management, orders, public, redeem_options
+from .api import docs, errors, health, management, orders, public, redeem_options
 from .api.fastlane import FastLane
 from .api.idempotency import stored_of
 from .api.limits import MAX_HEADER_BYTES, MAX_TARGET_BYTES, BodyLimitMiddleware
@@ -153,6 +153,7 @@ def create_app(
     app.include_router(orders.router)
     app.include_router(redeem_options.router)
     app.include_router(docs.router)
+    app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.fast_lane:
         app.fast_lane = FastLane(
