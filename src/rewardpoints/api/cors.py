@@ -64,10 +64,13 @@ class Cors:
         else:
             await self.app(scope, receive, _varying_by_origin(send))
 
-    def headers_for(self, request_headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    def headers_for(
+        self, request_headers: Iterable[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
         """The CORS headers of an answer made outside the application (the connection's
         408, api/protocol.py), as the middleware adds them to the application's answers."""
-        origin = Headers(raw=request_headers).get("origin")
+        received = Headers(raw=list(request_headers))
+        origin = received.get("origin")
         if origin is None or not self.middleware.is_allowed_origin(origin):
             return []
         start: Message = {"type": "http.response.start", "status": 408, "headers": []}
@@ -76,7 +79,7 @@ class Cors:
             pass
 
         # The middleware's send() only edits the message and hands it on: it never waits.
-        step = self.middleware.send(start, keep, Headers(raw=request_headers))
+        step = self.middleware.send(start, keep, received)
         try:
             step.send(None)
         except StopIteration:
@@ -86,6 +89,20 @@ class Cors:
             return []
         headers: list[tuple[bytes, bytes]] = start["headers"]
         return headers
+
+
+def cors_headers(
+    origins: tuple[str, ...], request_headers: Iterable[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The CORS headers for an answer made outside the application, to a request with these
+    headers (those that have arrived)."""
+    if not origins:
+        return []
+    return Cors(_no_application, origins=origins, methods=()).headers_for(request_headers)
+
+
+async def _no_application(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("only the headers are asked for")
 
 
 def _varying_by_origin(send: Send) -> Send:
