@@ -188,6 +188,20 @@ def test_migrate_verbs_move_the_schema_to_a_revision_and_report_it(
         ),
         ({"REWARDPOINTS_JWT_SECRET": "abc"}, "REWARDPOINTS_JWT_SECRET: must be at least 32 bytes"),
         ({"REWARDPOINTS_JWT_PUBLIC_KEY": "/nowhere/key.pem"}, "REWARDPOINTS_JWT_PUBLIC_KEY="),
+        (
+            {"REWARDPOINTS_CORS_ORIGINS": "https://ok.example.com,shop.example.com"},
+            "REWARDPOINTS_CORS_ORIGINS='https://ok.example.com,shop.example.com': "
+            "'shop.example.com' is not an origin",
+        ),
+        (
+            {"REWARDPOINTS_CORS_ORIGINS": "https://shop.example.com/"},
+            "'https://shop.example.com/' is not an origin",
+        ),
+        (
+            {"REWARDPOINTS_CORS_ORIGINS": "https://shop.example.com/app"},
+            "'https://shop.example.com/app' is not an origin",
+        ),
+        ({"REWARDPOINTS_CORS_ORIGINS": "*,https://shop.example.com"}, "'*' (any origin) stands"),
     ],
 )
 @pytest.mark.parametrize("command", [["serve"], ["migrate"]])

@@ -191,6 +191,54 @@ async def test_slow_clients_are_answered_408_and_closed_while_others_are_served(
     assert "Traceback" not in server.output()
 
 
+SHOP = "https://shop.example.com"
+
+
+@pytest.fixture(scope="module")
+def cors_server(pg_url: str) -> Iterator[ServerProcess]:
+    env = {
+        "REWARDPOINTS_DATABASE_URL": pg_url,
+        "REWARDPOINTS_JWT_SECRET": TEST_SECRET,
+        "REWARDPOINTS_HEADER_TIMEOUT_SECONDS": str(HEADER_TIMEOUT),
+        "REWARDPOINTS_BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
+        "REWARDPOINTS_CORS_ORIGINS": SHOP,
+    }
+    with server_process(env) as process:
+        yield process
+
+
+async def test_a_408_to_a_storefront_origin_carries_the_cors_headers(
+    cors_server: ServerProcess, tenant: str
+) -> None:
+    """The 408s are written by the connection, outside the application: they carry the CORS
+    headers all the same when the request's Origin has arrived, so the page reads them."""
+    address = _address(cors_server)
+    line = b"POST /reward-points/customer/c1/addPoints HTTP/1.1\r\nHost: test\r\n"
+    authorization = bearer(token(tenant))["Authorization"].encode()
+    head = line + b"Origin: " + SHOP.encode() + b"\r\nAuthorization: " + authorization + b"\r\n"
+    slow_body, slow_headers, elsewhere = await asyncio.gather(
+        _slow_client(
+            address,
+            head + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            b'{"points": 5',
+        ),
+        _slow_client(address, head, b"X-Slow: "),
+        _slow_client(address, line + b"Origin: https://evil.example.net\r\n", b"X-Slow: "),
+    )
+    for (_, response), what, limit in (
+        (slow_body, "body", BODY_TIMEOUT),
+        (slow_headers, "headers", HEADER_TIMEOUT),
+    ):
+        lines, body = _answer(response)
+        assert lines[0] == b"HTTP/1.1 408 Request Timeout", response[:300]
+        assert body == _timed_out(what, limit, "/customer/c1/addPoints")
+        assert f"access-control-allow-origin: {SHOP}".encode() in lines, lines
+        assert any(line.startswith(b"access-control-expose-headers: ") for line in lines)
+    lines, _ = _answer(elsewhere[1])
+    assert lines[0] == b"HTTP/1.1 408 Request Timeout"
+    assert not any(line.startswith(b"access-control-") for line in lines), lines
+
+
 async def _pieces(total: int, piece: int = 65536) -> AsyncIterator[bytes]:
     """A JSON body of ``total`` bytes, sent chunked (no Content-Length)."""
     head = b'{"points": 5, "description": "'

@@ -156,13 +156,17 @@ def test_operator_authorizes_with_cli_token_and_reads_a_balance_in_swagger_ui(
     authorize.click()
     dialog = page.locator(".dialog-ux .modal-ux")
     expect(dialog).to_be_visible()
-    expect(dialog).to_contain_text("bearerAuth")
-    dialog.locator('input[aria-label="auth-bearer-value"]').fill(service.token)
-    dialog.locator("button.modal-btn.authorize").click()
+    # Emporix's OAuth2 and CustomerAccessToken schemes are offered too; a token pasted as it
+    # is goes in bearerAuth.
+    expect(dialog).to_contain_text("OAuth2")
+    expect(dialog).to_contain_text("CustomerAccessToken")
+    scheme = dialog.locator("form", has_text="bearerAuth (http, Bearer)")
+    scheme.locator('input[aria-label="auth-bearer-value"]').fill(service.token)
+    scheme.locator("button.modal-btn.authorize").click()
     # Authorized: the value is masked and the dialog now offers "Logout".
-    expect(dialog.get_by_role("button", name="Remove authorization")).to_be_visible()
-    expect(dialog.locator('input[aria-label="auth-bearer-value"]')).to_have_count(0)
-    dialog.locator("button.btn-done").click()
+    expect(scheme.get_by_role("button", name="Remove authorization")).to_be_visible()
+    expect(scheme.locator('input[aria-label="auth-bearer-value"]')).to_have_count(0)
+    scheme.locator("button.btn-done").click()
     expect(dialog).to_be_hidden()
     expect(authorize).to_have_class("btn authorize locked")
 

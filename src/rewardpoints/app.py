@@ -11,10 +11,12 @@ from datetime import timedelta
 from functools import partial
 
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
-from .api import docs, errors, management, orders, public, redeem_options
+from .api import docs, errors, health, management, orders, public, redeem_options
+from .api.cors import Cors
 from .api.fastlane import FastLane
 from .api.idempotency import stored_of
 from .api.limits import MAX_HEADER_BYTES, MAX_TARGET_BYTES, BodyLimitMiddleware
@@ -41,9 +43,11 @@ DESCRIPTION = (
 class RewardPointsApp(FastAPI):
     """The FastAPI application, with the fast lane (api/fastlane.py) in front of all of it:
     the requests it answers skip FastAPI's and Starlette's middleware stack too, whose outer
-    layers only catch errors, which the fast lane answers as they would."""
+    layers only catch errors, which the fast lane answers as they would. CORS, when origins
+    are configured (api/cors.py), is in front of both, so it covers every answer."""
 
     fast_lane: FastLane | None = None
+    cors: Cors | None = None
     measured: bool = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,6 +59,12 @@ class RewardPointsApp(FastAPI):
         await self._serve(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.cors is None:
+            await self._dispatch(scope, receive, send)
+        else:
+            await self.cors(scope, receive, send)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.fast_lane is None:
             await super().__call__(scope, receive, send)
         else:
@@ -141,6 +151,7 @@ def create_app(
     app.include_router(orders.router)
     app.include_router(redeem_options.router)
     app.include_router(docs.router)
+    app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.fast_lane:
         app.fast_lane = FastLane(
@@ -152,12 +163,23 @@ def create_app(
             max_header_bytes=MAX_HEADER_BYTES,
             max_target_bytes=MAX_TARGET_BYTES,
         )
+    if settings.cors_allowed_origins:
+        app.cors = Cors(
+            app._dispatch, origins=settings.cors_allowed_origins, methods=_route_methods(app)
+        )
     if settings.metrics_enabled:
         app.measured = True
         count_pool_connections(engine)
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app
+
+
+def _route_methods(app: FastAPI) -> list[str]:
+    methods: set[str] = set()
+    for context in iter_route_contexts(app.routes):
+        methods |= getattr(context.original_route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _prune_forever(store: IdempotencyStore, outbox: Outbox, interval: float) -> None:

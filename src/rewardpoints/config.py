@@ -121,6 +121,9 @@ class Settings(BaseSettings):
     # (api/protocol.py); 0 seconds: close at once.
     lingering_close_seconds: float = Field(default=5.0, ge=0, le=300)
     lingering_close_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    # Origins whose pages may call the service from a browser (CORS, api/cors.py): exact
+    # origins, comma-separated, or `*` for any; empty: no CORS headers at all.
+    cors_origins: str = ""
 
     @field_validator("database_url")
     @classmethod
@@ -164,6 +167,11 @@ class Settings(BaseSettings):
             return None
         return value.strip().rstrip("/")
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        return ",".join(parse_origins(value))
+
     @model_validator(mode="after")
     def _lease_outlasts_coupon_attempts(self) -> Settings:
         # The request's own run may take every attempt and the check of a possibly created
@@ -176,6 +184,10 @@ class Settings(BaseSettings):
                 "(REWARDPOINTS_COUPON_SERVICE_ATTEMPTS + 1) + 1)"
             )
         return self
+
+    @property
+    def cors_allowed_origins(self) -> tuple[str, ...]:
+        return tuple(origin for origin in self.cors_origins.split(",") if origin)
 
     @property
     def has_configured_key(self) -> bool:
@@ -208,6 +220,53 @@ class Settings(BaseSettings):
         if self.sites_file is None:
             return {"main": Site(code="main", validity_in_months=self.validity_months)}
         return load_sites(self.sites_file, self.validity_months)
+
+
+def parse_origins(value: str) -> tuple[str, ...]:
+    """Exact origins as a browser sends them (``https://shop.example.com``, lowercase, no
+    default port), or ``*`` alone; refuses anything else: a browser never sends it, so a
+    path, a trailing slash or a missing scheme would match no page."""
+    entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+    if entries == ["*"]:
+        return ("*",)
+    origins: list[str] = []
+    for entry in entries:
+        if entry == "*":
+            raise ValueError("'*' (any origin) stands alone, without other origins")
+        origins.append(_origin(entry))
+    return tuple(dict.fromkeys(origins))
+
+
+def _origin(entry: str) -> str:
+    from urllib.parse import urlsplit
+
+    problem = (
+        f"{entry!r} is not an origin: expected scheme://host[:port], such as "
+        "https://shop.example.com, without a path or a trailing slash"
+    )
+    try:
+        parts = urlsplit(entry)
+        port = parts.port
+    except ValueError:
+        raise ValueError(problem) from None
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or entry.endswith(("?", "#"))
+    ):
+        raise ValueError(problem)
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or (scheme, port) in (("http", 80), ("https", 443)):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def asyncpg_url(url: str) -> str:

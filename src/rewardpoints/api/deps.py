@@ -42,6 +42,11 @@ async def current_principal(request: Request, credentials: Credentials) -> Princ
     return principal
 
 
+# The scopes each employee dependency demands, read by the OpenAPI document (api/openapi.py)
+# to declare every operation's scope from the dependency that enforces it.
+REQUIRED_SCOPES: dict[Callable[..., Awaitable[Principal]], tuple[str, ...]] = {}
+
+
 def employee_with(scopes: tuple[str, ...]) -> Callable[..., Awaitable[Principal]]:
     """A service or employee token holding one of ``scopes``; customer tokens never pass."""
 
@@ -54,6 +59,7 @@ def employee_with(scopes: tuple[str, ...]) -> Callable[..., Awaitable[Principal]
         principal.require_any(scopes)
         return principal
 
+    REQUIRED_SCOPES[dependency] = scopes
     return dependency
 
 

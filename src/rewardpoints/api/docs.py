@@ -1,18 +1,14 @@
-"""Swagger UI served from the service itself (no CDN), and the health endpoints."""
+"""Swagger UI served from the service itself (no CDN), and the metrics."""
 
 from __future__ import annotations
 
-import logging
 from importlib import resources
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from sqlalchemy import text
 from starlette.responses import HTMLResponse, Response
 
-from ..db import is_unavailable
-from ..ledger import Ledger
-from .errors import json_response, server_error
+from .errors import json_response
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,9 +45,6 @@ async def swagger_asset(name: str) -> Response:
     )
 
 
-log = logging.getLogger("rewardpoints")
-
-
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus' text format; a 404 unless REWARDPOINTS_METRICS_ENABLED is true."""
@@ -63,21 +56,3 @@ async def metrics(request: Request) -> Response:
 
     body, media_type = exposition()
     return Response(body, media_type=media_type)
-
-
-@router.get("/health/live")
-async def live() -> Response:
-    return json_response(200, {"status": "UP"})
-
-
-@router.get("/health/ready")
-async def ready(request: Request) -> Response:
-    ledger: Ledger = request.app.state.ledger
-    try:
-        async with ledger.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - whatever the database's failure: not ready
-        level = logging.WARNING if is_unavailable(error) else logging.ERROR
-        log.log(level, "not ready: the database failed: %s", error, exc_info=level >= logging.ERROR)
-        return server_error(request, 503)
-    return json_response(200, {"status": "UP"})

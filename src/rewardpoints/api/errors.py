@@ -283,12 +283,44 @@ def _field_of(location: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
+JSON_MEDIA_TYPE = "application/json"
+
+
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a body of this Content-Type is read as JSON, as FastAPI decides it:
+    application/json or application/*+json, with any parameters."""
+    if content_type is None:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == JSON_MEDIA_TYPE or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+def unsupported_media_type(request: Request) -> Response:
+    given = request.headers.get("content-type")
+    if given is None:
+        detail = f"Content-Type {JSON_MEDIA_TYPE} is required for a request body"
+    else:
+        detail = f"Content-Type must be {JSON_MEDIA_TYPE}, not '{given[:100]}'"
+    response = bad_request(request, detail, status=415)
+    # RFC 9110 section 15.5.16: the media types that would have been accepted.
+    response.headers["Accept"] = JSON_MEDIA_TYPE
+    return response
+
+
 def validation_failed(request: Request, error: RequestValidationError) -> Response:
     problems = error.errors()
     if any(problem.get("type") == "json_invalid" for problem in problems):
         return bad_request(request, "Malformed JSON request body")
     if any(p.get("type") == "missing" and tuple(p.get("loc", ())) == ("body",) for p in problems):
         return bad_request(request, "Request body is required")
+    if not is_json_media_type(request.headers.get("content-type")) and any(
+        tuple(p.get("loc", ()))[:1] == ("body",) for p in problems
+    ):
+        # FastAPI reads a body as JSON only by its Content-Type, and hands any other to the
+        # model as bytes, which no model takes: the media type is what is wrong.
+        return unsupported_media_type(request)
     fields = [
         {"field": _field_of(tuple(p.get("loc", ()))), "message": str(p.get("msg", "invalid"))}
         for p in problems

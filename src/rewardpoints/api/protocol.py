@@ -23,6 +23,7 @@ client closes too, or ``lingering_bytes`` have come, or ``lingering_seconds`` ha
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal, cast
@@ -33,6 +34,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from ..config import Settings
+from .cors import cors_headers
 from .errors import instance_of_path, problem
 
 
@@ -45,6 +47,8 @@ class ConnectionLimits:
     # bytes, to read and throw away before closing outright; 0 seconds: close outright.
     lingering_seconds: float = 5.0
     lingering_bytes: int = 8 * 1024 * 1024
+    # The CORS origins (api/cors.py), for the 408s answered here, outside the application.
+    cors_origins: tuple[str, ...] = ()
 
 
 def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
@@ -55,6 +59,7 @@ def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
         body_timeout=settings.body_timeout_seconds,
         lingering_seconds=settings.lingering_close_seconds,
         lingering_bytes=settings.lingering_close_bytes,
+        cors_origins=settings.cors_allowed_origins,
     )
     return cast("type[asyncio.Protocol]", partial(HttpProtocol, limits=limits))
 
@@ -174,11 +179,15 @@ class HttpProtocol(HttpToolsProtocol):
             return
         timeout = self.limits.header_timeout if phase == "headers" else self.limits.body_timeout
         if phase == "headers" and not answering:
-            self._answer_408(f"Request headers not received within {timeout:g} s", self._path())
+            self._answer_408(
+                f"Request headers not received within {timeout:g} s", self._path(), self.headers
+            )
         elif phase == "body" and cycle is not None and not cycle.response_started:
             scope = cycle.scope
             instance = instance_of_path(scope["path"], scope.get("root_path", ""))
-            self._answer_408(f"Request body not received within {timeout:g} s", instance)
+            self._answer_408(
+                f"Request body not received within {timeout:g} s", instance, scope["headers"]
+            )
         if cycle is not None and not cycle.response_complete:
             # The application, if it is waiting for the body, hears that the client is gone,
             # and whatever it sends next is dropped.
@@ -194,11 +203,16 @@ class HttpProtocol(HttpToolsProtocol):
         target = self.url.split(b"?", 1)[0].decode("latin-1")
         return instance_of_path(unquote(target, encoding="latin-1"), self.root_path)
 
-    def _answer_408(self, detail: str, instance: str) -> None:
+    def _answer_408(
+        self, detail: str, instance: str, request_headers: Iterable[tuple[bytes, bytes]]
+    ) -> None:
+        """The 408 in the 400 shape; with the CORS headers when the request's ``Origin`` has
+        arrived and is one of the configured origins, as the application's answers have."""
         response = problem(408, detail, instance)
         response.headers["Connection"] = "close"
+        cors = cors_headers(self.limits.cors_origins, request_headers)
         head = [STATUS_LINE[408]]
-        for name, value in [*self.server_state.default_headers, *response.raw_headers]:
+        for name, value in [*self.server_state.default_headers, *response.raw_headers, *cors]:
             head += [name, b": ", value, b"\r\n"]
         self.transport.write(b"".join([*head, b"\r\n", response.body]))
 

@@ -16,8 +16,12 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    WithJsonSchema,
     model_validator,
 )
+from pydantic.config import JsonDict
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
 
 from ..config import MAX_POINTS
 from ..ledger import AwardedOrder, NewLot, NewRedemption
@@ -197,6 +201,18 @@ def _finite(value: float | int) -> float | int:
     return value
 
 
+def _whole_number(value: Any) -> int:
+    """A JSON number without a fractional part: Emporix types coupon counts as numbers, so
+    ``1.0`` is one; ``1.5``, text and booleans are not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("must be a whole number (-1 for unlimited)")
+        return int(value)
+    return value
+
+
 def _order_amount(value: Any) -> Decimal:
     """A JSON number (not a string, not a boolean), read exactly as written."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -211,14 +227,42 @@ LocalizedText = (
     Annotated[Text, Field(max_length=4096)] | dict[str, Annotated[Text, Field(max_length=4096)]]
 )
 Number = Annotated[StrictInt | StrictFloat, AfterValidator(_finite)]
+# A constrained union writes its bounds as pydantic's own keywords (ge, le): the schemas below
+# state them in JSON Schema's.
+NonNegativeNumber = Annotated[Number, Field(ge=0), WithJsonSchema({"type": "number", "minimum": 0})]
+Percentage = Annotated[
+    Number,
+    Field(ge=0, le=100),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 100}),
+]
+WholeNumber = Annotated[int, BeforeValidator(_whole_number), WithJsonSchema({"type": "integer"})]
 Currency = Annotated[str, Field(pattern=r"^[a-zA-Z]{3}$", description="ISO 4217, e.g. EUR")]
-IsoText = Annotated[str, AfterValidator(_iso_text)]
-OrderAmount = Annotated[Decimal, BeforeValidator(_order_amount), Field(ge=0)]
+IsoText = Annotated[
+    str, AfterValidator(_iso_text), WithJsonSchema({"type": "string", "format": "date-time"})
+]
+OrderAmount = Annotated[
+    Decimal,
+    BeforeValidator(_order_amount),
+    Field(ge=0),
+    WithJsonSchema({"type": "number", "minimum": 0}),
+]
+DEFAULT_CURRENCY = "USD"
 
 
 class MoneyAmountIn(_In):
-    amount: Annotated[Number, Field(ge=0)]
-    currency: Currency
+    """Emporix's Money Amount; as in its schema, ``amount`` defaults to 0 and ``currency`` to
+    USD. The defaults are written into the stored coupon, so the Coupon Service and the
+    storefront read the same amount."""
+
+    amount: NonNegativeNumber = 0
+    currency: Currency = DEFAULT_CURRENCY
+
+    @model_validator(mode="before")
+    @classmethod
+    def _with_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {"amount": 0, "currency": DEFAULT_CURRENCY, **data}
+        return data
 
 
 class CouponRestrictionsIn(BaseModel):
@@ -230,6 +274,9 @@ class CouponRestrictionsIn(BaseModel):
     minOrderValue: MoneyAmountIn | None = None  # noqa: N815
 
 
+DISCOUNT_TYPES = ("PERCENT", "ABSOLUTE")
+
+
 class CouponTemplateIn(BaseModel):
     """The coupon a redeem option turns into: Emporix's coupon model. Fields of the Coupon
     Service that this model does not name are kept and passed on."""
@@ -238,12 +285,18 @@ class CouponTemplateIn(BaseModel):
 
     name: LocalizedText
     description: LocalizedText | None = None
-    discountType: Annotated[str, Field(description="PERCENT or ABSOLUTE")]  # noqa: N815
-    discountPercentage: Annotated[Number, Field(ge=0, le=100)] | None = None  # noqa: N815
+    discountType: Annotated[  # noqa: N815
+        str,
+        Field(
+            description="PERCENT or ABSOLUTE (FREE_SHIPPING cannot be obtained with points)",
+            json_schema_extra={"enum": list(DISCOUNT_TYPES)},
+        ),
+    ]
+    discountPercentage: Percentage | None = None  # noqa: N815
     discountAbsolute: MoneyAmountIn | None = None  # noqa: N815
     allowAnonymous: StrictBool | None = None  # noqa: N815
-    maxRedemptions: StrictInt | None = None  # noqa: N815
-    maxRedemptionsPerCustomer: StrictInt | None = None  # noqa: N815
+    maxRedemptions: WholeNumber | None = None  # noqa: N815
+    maxRedemptionsPerCustomer: WholeNumber | None = None  # noqa: N815
     restrictions: CouponRestrictionsIn | None = None
     status: Literal["INACTIVE", "VALID", "EXPIRED", "USED"] | None = None
 
@@ -289,7 +342,11 @@ class RedeemOptionIn(_In):
     metadata: RedeemOptionMetadataIn | None = None
 
     def content(self) -> RedeemOptionContent:
-        coupon = self.coupon.model_dump(mode="json", exclude_unset=True) if self.coupon else None
+        coupon = (
+            self.coupon.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+            if self.coupon
+            else None
+        )
         return RedeemOptionContent(self.type, self.name, self.description, self.points, coupon)
 
     @property
@@ -303,23 +360,55 @@ class RedeemOptionMetadataOut(BaseModel):
     modifiedAt: str  # noqa: N815
 
 
+def _no_default(schema: JsonDict) -> None:
+    schema.pop("default", None)
+
+
+# A member the writer leaves out when it has no value (never ``null``, as Emporix writes it).
+Omitted = SkipJsonSchema[None]
+
+
 class RedeemOptionOut(BaseModel):
     id: str
     type: str
     name: str
-    description: str | None
+    description: str | Omitted = Field(default=None, json_schema_extra=_no_default)
     points: int
-    coupon: dict[str, Any] | None
-    pointsAfterCoupon: int | None = Field(  # noqa: N815
-        default=None, description="The customer's active points minus `points` (customers only)"
+    coupon: dict[str, Any] | Omitted = Field(default=None, json_schema_extra=_no_default)
+    pointsAfterCoupon: int | Omitted = Field(  # noqa: N815
+        default=None,
+        description="The customer's active points minus `points` (customers only)",
+        json_schema_extra=_no_default,
     )
     metadata: RedeemOptionMetadataOut
 
 
 class RedeemIn(_In):
+    """The redeem option to spend points on: ``id``, as Emporix's spec names it, or
+    ``redeemOptionId``, as some clients send it."""
+
     id: Annotated[NonEmptyText, Field(max_length=255)] = Field(
         description="The ID of the redeem option used to convert points into a coupon."
     )
+    redeemOptionId: Annotated[NonEmptyText, Field(max_length=255)] | Omitted = Field(  # noqa: N815
+        default=None,
+        description="Accepted in place of `id`; when both are given they must be equal.",
+        json_schema_extra=_no_default,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _id_from_alias(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("redeemOptionId") is None:
+            return data
+        if data.get("id") is None:
+            return {**data, "id": data["redeemOptionId"]}
+        if data["id"] != data["redeemOptionId"]:
+            raise PydanticCustomError(
+                "redeem_option_id_conflict",
+                "id and redeemOptionId name different redeem options: give one of them",
+            )
+        return data
 
 
 class RedeemCouponOut(BaseModel):
@@ -353,14 +442,12 @@ def zulu(moment: datetime) -> str:
 
 
 def redeem_option_json(option: RedeemOption, active_points: int | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "id": option.id,
-        "type": option.type,
-        "name": option.name,
-        "description": option.description,
-        "points": option.points,
-        "coupon": option.coupon,
-    }
+    body: dict[str, Any] = {"id": option.id, "type": option.type, "name": option.name}
+    if option.description is not None:
+        body["description"] = option.description
+    body["points"] = option.points
+    if option.coupon is not None:
+        body["coupon"] = option.coupon
     if active_points is not None:
         body["pointsAfterCoupon"] = active_points - option.points
     body["metadata"] = {
