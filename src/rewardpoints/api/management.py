@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from ..documents import summary_document, summary_documents
 from ..errors import InvalidRequest
+from ..replica import ReadSource
 from .deps import (
     DEFAULT_SITE_CODE,
     CustomerId,
@@ -51,11 +52,23 @@ def _integer(value: int) -> Response:
 )
 async def summary_batch(request: Request, principal: ViewPrincipal, docs: DocumentsDep) -> Response:
     """Every customer of the token's tenant, ordered by `customerId`, streamed as it is read."""
-    documents = summary_documents(docs, principal.tenant)
+    source = await request.app.state.heavy_reads.source()
+    documents = summary_documents(docs, principal.tenant, source.engine)
     # Read the first customer before answering, so an unreachable database is a 503, not a
     # broken 200.
     first = await anext(documents, None)
-    return _streamed(request, _json_array(first, documents), documents)
+    response = _streamed(request, _json_array(first, documents), documents)
+    response.headers.update(read_source_headers(source))
+    return response
+
+
+def read_source_headers(source: ReadSource) -> dict[str, str]:
+    """Where a heavy read was answered from, and how fresh that is: ``X-Read-Source:
+    replica`` with ``X-Replica-Lag-Seconds``, or ``primary``."""
+    headers = {"X-Read-Source": source.name}
+    if source.lag_seconds is not None:
+        headers["X-Replica-Lag-Seconds"] = f"{source.lag_seconds:.3f}"
+    return headers
 
 
 def _streamed(
