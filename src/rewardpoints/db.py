@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -12,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy import event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -93,9 +94,15 @@ def create_engine(
         connect_args=connect_args(settings),
     )
     _replace_closed_connections(engine)
+    if settings.database_pooler == "transaction":
+        _THROUGH_POOLER.add(engine.sync_engine)
     if clock is not None:
         _set_clock_at_checkout(engine, clock)
     return engine
+
+
+# The engines whose connections go through a pooler in transaction mode (connect_args).
+_THROUGH_POOLER: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def connect_args(settings: Settings) -> dict[str, Any]:
@@ -205,8 +212,16 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 @asynccontextmanager
 async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection whose every statement commits by itself (for single-statement commands)."""
+    """A connection whose every statement commits by itself (for single-statement commands).
+
+    Through a pooler in transaction mode, a transaction instead: SQLAlchemy prepares a
+    statement, then runs it, and outside a transaction the pooler may send the two to
+    different server connections."""
     async with connection(engine) as conn:
+        if engine.sync_engine in _THROUGH_POOLER:
+            async with conn.begin():
+                yield conn
+            return
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
 
