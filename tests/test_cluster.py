@@ -218,7 +218,8 @@ async def test_heavy_reads_fall_back_to_the_primary_while_the_replica_is_down(
 
         async def batch() -> httpx.Response:
             answer = await client.get("/reward-points/summaryBatch", headers=headers)
-            assert answer.status_code == 200, answer.text
+            logs = [p.read_text()[-3000:] for p in cluster.dir.glob("instance-*/serve.log")]
+            assert answer.status_code == 200, (answer.text, logs)
             return answer
 
         # The standby catches up within moments: then the export comes from it.
@@ -230,6 +231,13 @@ async def test_heavy_reads_fall_back_to_the_primary_while_the_replica_is_down(
             assert time.monotonic() < deadline, fresh.headers
             await asyncio.sleep(0.3)
         assert float(fresh.headers["X-Replica-Lag-Seconds"]) <= 10
+        metrics = await client.get("/metrics")
+        lag = [
+            line
+            for line in metrics.text.splitlines()
+            if line.startswith("rewardpoints_read_replica_lag_seconds")
+        ]
+        assert lag and float(lag[0].split()[-1]) <= 10, lag
 
         replica = cluster.dir / "replica"
         stop = await asyncio.to_thread(

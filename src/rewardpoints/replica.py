@@ -71,6 +71,15 @@ class HeavyReads:
             return ReadSource(self.replica, lag)
         return ReadSource(self.primary)
 
+    def unavailable(self) -> ReadSource:
+        """The standby failed a read: the primary, for this read and until the next check."""
+        if self._lag is not None:
+            log.warning("read replica failed a read, heavy reads go to the primary")
+        self._lag = None
+        self._checked_at = time.monotonic()
+        REPLICA_LAG.set(math.nan)
+        return ReadSource(self.primary)
+
     async def _measure(self, replica: AsyncEngine) -> None:
         before = self._lag
         try:
