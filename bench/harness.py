@@ -57,7 +57,10 @@ SCALES: dict[str, dict[str, int]] = {
     },
 }
 
-ALL_PARTS = ("pgbench", "bare", "balance", "add", "redeem", "hot", "history", "batch", "transfer")
+ALL_PARTS = (
+    *("pgbench", "bare", "balance", "add", "redeem", "hot", "history", "batch", "transfer"),
+    "scale",
+)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -308,9 +311,16 @@ class Server:
     """A uvicorn server in its own process group, with its log in the work directory."""
 
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], workdir: Path, ready_path: str
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        ready_path: str,
+        processes: int = WORKERS,
     ) -> None:
         self.name = name
+        self.processes = processes
         self.port = free_port()
         self.ready_path = ready_path
         self.log_path = workdir / f"{name}-{self.port}.log"
@@ -335,13 +345,14 @@ class Server:
             started = self.log_path.read_text(errors="replace").count(
                 "Application startup complete"
             )
-            if started >= WORKERS and self._answers():
+            if started >= self.processes and self._answers():
                 self.workers = [
                     pid
                     for pid in children_of(self.process.pid)
                     if "spawn_main" in _read(f"/proc/{pid}/cmdline")
                 ]
-                if len(self.workers) == WORKERS:
+                if len(self.workers) == self.processes or (self.processes == 1 and self._answers()):
+                    self.workers = self.workers or [self.process.pid]
                     return
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} did not start in {timeout:.0f} s:\n{self.log_tail()}")
@@ -460,13 +471,21 @@ def running(server: Server) -> Iterator[Server]:
         server.stop()
 
 
-def start_service(config: Config, workdir: Path) -> Server:
+def start_service(
+    config: Config,
+    workdir: Path,
+    *,
+    workers: int = WORKERS,
+    env: dict[str, str] | None = None,
+    name: str = "service",
+) -> Server:
     return Server(
-        "service",
-        [str(VENV_BIN / "rewardpoints"), *f"serve --workers {WORKERS} --no-access-log".split()],
-        service_env(config),
+        name,
+        [str(VENV_BIN / "rewardpoints"), *f"serve --workers {workers} --no-access-log".split()],
+        env or service_env(config),
         workdir,
         "/health/live",
+        processes=workers,
     )
 
 
@@ -930,6 +949,115 @@ def run_transfer(config: Config, workdir: Path) -> dict[str, Any]:
     }
 
 
+def _cluster_script() -> Any:
+    """scripts/cluster, whose PgBouncer and HAProxy configurations the scale part uses."""
+    import importlib.machinery
+    import importlib.util
+
+    name = "rewardpoints_cluster_script"
+    loader = importlib.machinery.SourceFileLoader(
+        name, str(BENCH_DIR.parent / "scripts" / "cluster")
+    )
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    loader.exec_module(module)
+    return module
+
+
+class Front:
+    """HAProxy in front of service instances, measured as one server is (its port, and the
+    instances' workers to wait for between runs)."""
+
+    def __init__(self, port: int, instances: list[Server]) -> None:
+        self.port = port
+        self.instances = instances
+        self.name = "haproxy"
+
+    @property
+    def workers(self) -> list[int]:
+        return [pid for server in self.instances for pid in server.workers]
+
+    def settle(self, limit: float = 180.0) -> float:
+        return max(server.settle(limit) for server in self.instances)
+
+
+# The topologies of the scale part: (key, title, instances, workers each, through PgBouncer,
+# behind HAProxy). Every one has two worker processes in all, as the direct service has.
+TOPOLOGIES = (
+    ("direct", "one instance, direct", 1, 2, False, False),
+    ("pooled", "one instance, PgBouncer", 1, 2, True, False),
+    ("balanced", "HAProxy, one instance", 1, 2, False, True),
+    ("path", "HAProxy, two instances, PgBouncer", 2, 1, True, True),
+)
+SCALE_SCENARIOS = ("balance", "add", "redeem")
+
+
+def run_scale(
+    config: Config, workdir: Path, listed: dict[str, Scenario], token: str
+) -> dict[str, Result]:
+    """GET balance, addPoints and redeemPoints through each hop: PgBouncer (transaction mode,
+    in front of the benchmark database), HAProxy, and both with two instances (the whole
+    path), against one instance straight to PostgreSQL, in the same run."""
+    cluster = _cluster_script()
+    pooler_dir = workdir / "pgbouncer"
+    pooler_dir.mkdir(exist_ok=True)
+    pooler_dir.chmod(0o755)
+    workdir.chmod(0o755)
+    pooler_port = free_port()
+    ini = cluster.pgbouncer_config(
+        pooler_dir, pooler_port, config.pg_port, 20, database=config.database
+    )
+    cluster.pgbouncer_up(ini, pooler_port)
+    results: dict[str, Result] = {}
+    try:
+        for key, title, count, workers, pooled, balanced in TOPOLOGIES:
+            env = service_env(config)
+            if pooled:
+                env["REWARDPOINTS_DATABASE_URL"] = (
+                    f"postgresql://{config.pg_user}@127.0.0.1:{pooler_port}/{config.database}"
+                )
+                env["REWARDPOINTS_DATABASE_POOLER"] = "transaction"
+            instances = [
+                start_service(config, workdir, workers=workers, env=env, name=f"{key}-{n}")
+                for n in range(count)
+            ]
+            cfg = None
+            try:
+                for server in instances:
+                    server.wait_ready()
+                target: Any = instances[0]
+                if balanced:
+                    front_port = free_port()
+                    cfg = cluster.haproxy_config(
+                        workdir / f"haproxy-{key}", front_port, [s.port for s in instances]
+                    )
+                    cluster.haproxy_start(cfg, front_port)
+                    target = Front(front_port, instances)
+                for name in SCALE_SCENARIOS:
+                    base = listed[name]
+                    scenario = Scenario(
+                        f"scale_{key}_{name}",
+                        f"{base.title}: {title}",
+                        base.script,
+                        base.path,
+                        method=base.method,
+                        body=base.body,
+                    )
+                    results[scenario.key] = measure(
+                        config, target, scenario, token, database_checkpoint=base.method == "POST"
+                    )
+            finally:
+                if cfg is not None:
+                    cluster.haproxy_stop(cfg)
+                for server in instances:
+                    server.stop()
+    finally:
+        cluster.pgbouncer_down(ini)
+    return results
+
+
 def run_long_summary(config: Config, workdir: Path, token: str) -> dict[str, Any]:
     """The summary of the 100k-lot customer read to its end, after that of the 10-lot one, on a
     freshly started service: when each one's first byte arrives, how long the whole takes,
@@ -1121,7 +1249,7 @@ def run(config: Config) -> dict[str, Any]:
     }
     results: dict[str, Result] = {}
     listed = scenarios(config)
-    service_parts = {"balance", "add", "redeem", "hot", "history", "batch", "transfer"}
+    service_parts = {"balance", "add", "redeem", "hot", "history", "batch", "transfer", "scale"}
 
     if service_parts & set(config.parts):
         report["seed"] = prepare_service_database(config, workdir)
@@ -1210,6 +1338,10 @@ def run(config: Config) -> dict[str, Any]:
 
     if "transfer" in config.parts:
         batch["transfer"] = run_transfer(config, workdir)
+
+    if "scale" in config.parts:
+        for key, result in run_scale(config, workdir, listed, token).items():
+            results[key] = result
 
     report["machine"]["load_average_after"] = os.getloadavg()
     report["finished"] = datetime.now(UTC).isoformat(timespec="seconds")
@@ -1302,6 +1434,27 @@ def table_rows(results: dict[str, Result], batch: dict[str, Any]) -> list[dict[s
         add(r, "rps", base_name, f"{ratio:.2f}", target, _verdict(ok))
 
     versus_rate("balance", bare, "bare FastAPI rps", 0.50)
+    for name in SCALE_SCENARIOS:
+        direct = results.get(f"scale_direct_{name}")
+        if direct is None:
+            continue
+        add(direct, "rps", "—", "—", "—", "baseline")
+        for key, _, _, _, _, _ in TOPOLOGIES[1:]:
+            r = results.get(f"scale_{key}_{name}")
+            if r is None or not direct.rate or r.rate is None:
+                continue
+            ratio = r.rate / direct.rate
+            if key == "path":
+                add(
+                    r,
+                    "rps",
+                    "one instance, direct",
+                    f"{ratio:.2f}",
+                    "≥ 0.80",
+                    _verdict(ratio >= 0.8),
+                )
+            else:
+                add(r, "rps", "one instance, direct", f"{ratio:.2f}", "—", "reference")
     balance = results.get("balance")
     if balance and roundtrip and roundtrip.rate and balance.rate:
         rows.append(

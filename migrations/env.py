@@ -37,7 +37,9 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    # As the service connects (db.connect_args): through a pooler in transaction mode, too.
+    connect_args = config.attributes.get("connect_args", {})
+    engine = create_async_engine(_url(), poolclass=pool.NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

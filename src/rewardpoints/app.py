@@ -30,6 +30,7 @@ from .ledger import Ledger
 from .logs import with_request_id
 from .metrics import count_pool_connections, measured
 from .outbox import Outbox
+from .replica import HeavyReads
 from .rewards import build_rewards
 
 DESCRIPTION = (
@@ -89,6 +90,13 @@ def create_app(
         write_statements=settings.write_statements,
     )
     documents = Documents.configured(engine, settings)
+    heavy_reads = HeavyReads(
+        engine,
+        create_engine(settings, url=settings.read_replica_url)
+        if settings.read_replica_url
+        else None,
+        max_lag_seconds=settings.read_replica_max_lag_seconds,
+    )
     verifier = TokenVerifier(settings, jwks=jwks)
 
     idempotency = IdempotencyStore(engine, timedelta(hours=settings.idempotency_ttl_hours))
@@ -115,6 +123,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await heavy_reads.dispose()
             await engine.dispose()
 
     app = RewardPointsApp(
@@ -132,6 +141,7 @@ def create_app(
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.documents = documents
+    app.state.heavy_reads = heavy_reads
     app.state.verifier = verifier
     app.state.rewards = build_rewards(
         settings,

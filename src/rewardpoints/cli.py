@@ -189,11 +189,14 @@ def migrations_dir() -> Path:
 def alembic_config(settings: Settings) -> Config:
     from alembic.config import Config
 
+    from .db import connect_args
+
     if settings.database_url is None:
         raise ValueError("migrations need a database URL; database() provides the embedded one")
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     config.attributes["database_url"] = settings.database_url
+    config.attributes["connect_args"] = connect_args(settings)
     return config
 
 

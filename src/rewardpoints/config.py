@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     database_idle_in_transaction_timeout_ms: int = Field(default=60000, ge=0)
     # Waiting longer than this for one customer's lock answers 503 instead of hanging.
     lock_timeout_ms: int = Field(default=5000, ge=1)
+    # "transaction": REWARDPOINTS_DATABASE_URL is a pooler in transaction mode (PgBouncer's
+    # pool_mode = transaction), which hands each transaction any of its server connections:
+    # no session settings sent at connect, no named prepared statements (db.py). The two
+    # timeouts above are then the database role's own (docs/scaling.md).
+    database_pooler: Literal["none", "transaction"] = "none"
+    # A hot standby for the heavy reads (summaryBatch): used while it lags the primary by at
+    # most read_replica_max_lag_seconds, else those reads go to the primary (replica.py).
+    read_replica_url: str | None = None
+    read_replica_max_lag_seconds: float = Field(default=10.0, gt=0, le=86400)
 
     jwt_secret: SecretStr | None = None
     jwt_public_key: str | None = None
@@ -125,7 +134,7 @@ class Settings(BaseSettings):
     # origins, comma-separated, or `*` for any; empty: no CORS headers at all.
     cors_origins: str = ""
 
-    @field_validator("database_url")
+    @field_validator("database_url", "read_replica_url")
     @classmethod
     def _url_or_embedded(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":

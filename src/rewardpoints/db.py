@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from contextvars import ContextVar
@@ -11,7 +13,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncpg
 from sqlalchemy import event, func, select
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -75,33 +77,72 @@ async def pause_before_retry(attempt: int) -> None:
     await asyncio.sleep(0.005 * attempt)
 
 
-def create_engine(settings: Settings, *, clock: Clock | None = None) -> AsyncEngine:
-    """The service's engine. ``clock`` is for tests only: the database functions read their
-    time from it instead of the database's clock (see ``_set_clock_at_checkout``)."""
-    if settings.database_url is None:
+def create_engine(
+    settings: Settings, *, clock: Clock | None = None, url: str | None = None
+) -> AsyncEngine:
+    """The service's engine (of ``url``, else the database's). ``clock`` is for tests only:
+    the database functions read their time from it instead of the database's clock (see
+    ``_set_clock_at_checkout``)."""
+    url = url or settings.database_url
+    if url is None:
         raise ValueError("no database URL: the embedded cluster provides one (cli.py)")
-    url = make_url(settings.database_url)
     engine = create_async_engine(
-        url,
+        make_url(url),
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_timeout=settings.database_pool_timeout_seconds,
-        connect_args={
-            "timeout": 5,
-            "command_timeout": 60,
-            "server_settings": {
-                "lock_timeout": str(settings.lock_timeout_ms),
-                "idle_in_transaction_session_timeout": str(
-                    settings.database_idle_in_transaction_timeout_ms
-                ),
-                "application_name": "rewardpoints",
-            },
-        },
+        connect_args=connect_args(settings),
     )
     _replace_closed_connections(engine)
+    if settings.database_pooler == "transaction":
+        _THROUGH_POOLER.add(engine.sync_engine)
     if clock is not None:
         _set_clock_at_checkout(engine, clock)
     return engine
+
+
+# The engines whose connections go through a pooler in transaction mode (connect_args).
+_THROUGH_POOLER: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def connect_args(settings: Settings) -> dict[str, Any]:
+    """How each connection is opened.
+
+    Directly, the session is the service's own: its timeouts are set at connect. Through a
+    pooler in transaction mode (``REWARDPOINTS_DATABASE_POOLER=transaction``) each transaction
+    may run on another of the pooler's server connections, so nothing may live in the session.
+    PgBouncer refuses startup parameters other than the few it tracks, so the timeouts are left
+    to the database role (docs/scaling.md); asyncpg sends no named statement of its own
+    (``statement_cache_size=0``: it parses each statement again in the same round trip) and
+    SQLAlchemy's statements get names no other client uses and are not cached. Advisory locks
+    are transaction-scoped (``pg_try_advisory_xact_lock``) and ``SET LOCAL`` lasts the
+    transaction, so both hold through the pooler.
+    """
+    application = {"application_name": "rewardpoints"}
+    if settings.database_pooler == "transaction":
+        return {
+            "timeout": 5,
+            "command_timeout": 60,
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": _statement_name,
+            "server_settings": application,
+        }
+    return {
+        "timeout": 5,
+        "command_timeout": 60,
+        "server_settings": {
+            "lock_timeout": str(settings.lock_timeout_ms),
+            "idle_in_transaction_session_timeout": str(
+                settings.database_idle_in_transaction_timeout_ms
+            ),
+            **application,
+        },
+    }
+
+
+def _statement_name() -> str:
+    return f"__rewardpoints_{uuid.uuid4().hex}__"
 
 
 def _replace_closed_connections(engine: AsyncEngine) -> None:
@@ -171,8 +212,16 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 
 @asynccontextmanager
 async def autocommit_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection whose every statement commits by itself (for single-statement commands)."""
+    """A connection whose every statement commits by itself (for single-statement commands).
+
+    Through a pooler in transaction mode, a transaction instead: SQLAlchemy prepares a
+    statement, then runs it, and outside a transaction the pooler may send the two to
+    different server connections."""
     async with connection(engine) as conn:
+        if engine.sync_engine in _THROUGH_POOLER:
+            async with conn.begin():
+                yield conn
+            return
         await conn.execution_options(isolation_level="AUTOCOMMIT")
         yield conn
 

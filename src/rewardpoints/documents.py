@@ -468,18 +468,23 @@ async def _streamed_document(
         await copy.close()
 
 
-async def summary_documents(docs: Documents, tenant: str) -> AsyncGenerator[bytes, None]:
+async def summary_documents(
+    docs: Documents, tenant: str, engine: AsyncEngine | None = None
+) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array
-    (``_documents``), in one of the turns of ``docs.batch_export``: an export that finds them
-    all taken waits for one, and fails as the database being unavailable if none comes in
-    time, before its first item."""
+    (``_documents``), read on ``engine`` (a read replica's) or the primary's, in one of the
+    turns of ``docs.batch_export``: an export that finds them all taken waits for one, and
+    fails as the database being unavailable if none comes in time, before its first item."""
     # The inner generator is closed with this one, so its connections are given up with it.
-    async with docs.batch_export.turn(), aclosing(_documents(docs, tenant)) as documents:
+    documents = _documents(docs, tenant, engine or docs.engine)
+    async with docs.batch_export.turn(), aclosing(documents):
         async for document in documents:
             yield document
 
 
-async def _documents(docs: Documents, tenant: str) -> AsyncGenerator[bytes, None]:
+async def _documents(
+    docs: Documents, tenant: str, engine: AsyncEngine
+) -> AsyncGenerator[bytes, None]:
     """Every customer's document, ordered by customer id, as the elements of a JSON array.
 
     Each item holds several rows separated by commas, each a document or a piece of a long one
@@ -491,7 +496,6 @@ async def _documents(docs: Documents, tenant: str) -> AsyncGenerator[bytes, None
     sent, and the response is the tenant as of one moment.
     """
     export = docs.batch_export
-    engine = docs.engine
     async with AsyncExitStack() as stack:
         first = await stack.enter_async_context(read_transaction(engine, snapshot=True))
         connections = [first]

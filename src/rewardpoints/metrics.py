@@ -68,6 +68,11 @@ EXPORTS = Gauge(
     "summaryBatch exports being sent.",
     multiprocess_mode="livesum",
 )
+REPLICA_LAG = Gauge(
+    "rewardpoints_read_replica_lag_seconds",
+    "How far the read replica is behind the primary, as last measured (NaN: unreachable).",
+    multiprocess_mode="livemax",
+)
 
 
 def exposition() -> tuple[bytes, str]:
