@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
-from .api import docs, errors, management, orders, public, redeem_options
+from .api import docs, errors, extensions, management, orders, public, redeem_options
 from .api.fastlane import FastLane
 from .api.idempotency import stored_of
 from .api.limits import MAX_HEADER_BYTES, MAX_TARGET_BYTES, BodyLimitMiddleware
@@ -147,6 +147,7 @@ def create_app(
     app.state.idempotency_in_flight = set()
     errors.install(app)
     app.include_router(management.router)
+    app.include_router(extensions.router)
     # The static /public/... and /customer/... paths before /{tenant}/redeemOptions, so
     # "public" and "customer" are never read as a tenant.
     app.include_router(public.router)
