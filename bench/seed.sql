@@ -153,6 +153,18 @@ FROM generate_series(1, 10) AS k;
 -- first 5 used up by one redemption.
 SELECT pg_temp.seed_history(:'tenant', 'long', :long_lots, 10, (:long_lots * 99 / 100) / 10 * 10);
 SELECT pg_temp.seed_history(:'tenant', 'short', 10, 5, 5);
+-- Their journals, as the writes would have recorded them (migration 0012 fills them the same
+-- way): the history part reads the first page of each.
+INSERT INTO journal (tenant, customer_id, created_at, kind, entry_id, points, balance_after)
+SELECT e.tenant, e.customer_id, e.created_at, e.kind, e.id, e.points, e.balance_after
+  FROM (SELECT tenant, customer_id, created_at, 'added' AS kind, id, points,
+               all_points_after_creation AS balance_after, 0 AS written
+          FROM lots WHERE tenant = :'tenant' AND customer_id IN ('long', 'short')
+        UNION ALL
+        SELECT tenant, customer_id, created_at, 'redeemed', id, points,
+               all_points_after_creation, 1
+          FROM redemptions WHERE tenant = :'tenant' AND customer_id IN ('long', 'short')) AS e
+ ORDER BY e.tenant, e.customer_id, e.created_at, e.written, e.id;
 
 -- The streamed tenants.
 SELECT pg_temp.seed_tenant(:'big_tenant', :big_customers);

@@ -506,7 +506,7 @@ async def test_an_unexpected_error_is_answered_as_by_the_routes(
     for fast_lane in (True, False):
         app = create_app(settings.model_copy(update={"fast_lane": fast_lane}), clock=start)
 
-        async def fail(*_: Any) -> int:
+        async def fail(*_: Any, **__: Any) -> int:
             raise failure
 
         app.state.ledger.balance = fail

@@ -1,8 +1,9 @@
 """The migrations: lots written before revision 0005 keep their points and get the right
 ``used_up`` flag, the ledger reads and spends them after the upgrade, and the revision can be
 undone and redone; revision 0007's index is built (again, over what an interrupted build left),
-undone and redone; revision 0010 moves the entries to ids per customer; and a migrated
-database's functions are the package's sources (src/rewardpoints/sql/)."""
+undone and redone; revision 0010 moves the entries to ids per customer; revision 0012 fills the
+journal from the entries written before; and a migrated database's functions are the package's
+sources (src/rewardpoints/sql/)."""
 
 from __future__ import annotations
 
@@ -395,7 +396,8 @@ def test_revision_0010_keys_entries_by_customer_and_can_be_undone(empty_url: str
     asyncio.run(
         _execute(
             empty_url,
-            "SELECT rewardpoints_add('t', 'd', 'l1', true, NULL, 'x', 3, NULL, 36, 'h5')",
+            "SELECT rewardpoints_add('t', 'd', 'l1', true, NULL, 'x', 3, NULL, 36, 'h5', NULL,"
+            " NULL)",
         )
     )
     assert asyncio.run(_rows(empty_url, ledger_ids)) == sorted([*before, ("d", "l1")])
@@ -409,3 +411,70 @@ def test_revision_0010_keys_entries_by_customer_and_can_be_undone(empty_url: str
     command.upgrade(config, "head")
     asyncio.run(_execute(empty_url, "DELETE FROM redemptions WHERE id = 'r1'"))
     assert asyncio.run(_rows(empty_url, "SELECT code FROM coupons")) == []
+
+
+# ---- revision 0012: the journal --------------------------------------------------------------
+
+
+async def _seed_at_0011(url: str) -> None:
+    """Customer c: lots l1 and l2, redemption r1 of 15, a chargeback lot; customer d: lot d1."""
+    chargeback = "Chargeback - redeemed voucher could not be created."
+    statements = [
+        "SELECT set_config('rewardpoints.now', '2031-01-01T00:00:00+00', false)",
+        "SELECT rewardpoints_add('t', 'c', 'l1', true, 'o-1', 'x', 10, NULL, 36, 'h1')",
+        "SELECT rewardpoints_add('t', 'c', 'l2', true, NULL, 'x', 10, NULL, 36, 'h2')",
+        "SELECT rewardpoints_redeem('t', 'c', 'r1', true, 'y', 15, 'h3')",
+        f"SELECT rewardpoints_charge_back('t', 'c', 'cb', '{chargeback}', 4, 36, 'h4')",
+        "SELECT rewardpoints_add('t', 'd', 'd1', true, NULL, 'x', 7, NULL, 36, 'h5')",
+    ]
+    engine = _engine(url)
+    try:
+        async with engine.begin() as conn:
+            for statement in statements:
+                await conn.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+def test_revision_0012_fills_the_journal_from_the_entries_and_can_be_undone(
+    empty_url: str,
+) -> None:
+    config = _alembic(empty_url)
+    command.upgrade(config, "0011")
+    asyncio.run(_seed_at_0011(empty_url))
+
+    command.upgrade(config, "head")
+    journal = (
+        "SELECT customer_id, kind, entry_id, points, balance_after, reference_id, actor"
+        " FROM journal ORDER BY customer_id, created_at, seq"
+    )
+    assert asyncio.run(_rows(empty_url, journal)) == [
+        ("c", "added", "l1", 10, 10, "o-1", None),
+        ("c", "added", "l2", 10, 20, None, None),
+        ("c", "redeemed", "r1", 15, 5, None, None),
+        ("c", "chargeback", "cb", 4, 9, None, None),
+        ("d", "added", "d1", 7, 7, None, None),
+    ]
+    # The ledger writes on after the upgrade, each write with its journal entry.
+    assert asyncio.run(_spend(empty_url, 2)) == 7
+    assert asyncio.run(_rows(empty_url, "SELECT count(*) FROM journal")) == [(6,)]
+
+    asyncio.run(
+        _execute(
+            empty_url,
+            "SELECT * FROM rewardpoints_reverse('t', 'c', 'v1', true, 'r1', 1, NULL, NULL, 'h6',"
+            " false)",
+        )
+    )
+    with pytest.raises(Exception, match="revision 0011 cannot hold them"):
+        command.downgrade(config, "0011")
+    asyncio.run(_execute(empty_url, "DELETE FROM reversals"))
+    command.downgrade(config, "0011")
+    # Revision 0011's functions are back and write without a journal.
+    asyncio.run(
+        _execute(empty_url, "SELECT rewardpoints_redeem('t', 'c', 'r2', true, 'y', 1, 'h7')")
+    )
+    assert asyncio.run(_rows(empty_url, "SELECT to_regclass('journal')")) == [(None,)]
+    command.upgrade(config, "head")
+    # Filled again from the four lots and the three redemptions.
+    assert asyncio.run(_rows(empty_url, "SELECT count(*) FROM journal"))[0][0] == 7

@@ -1,8 +1,9 @@
 """Model-based test of the ledger: hypothesis drives the real API (the ASGI app on the real,
-migrated databases) with random sequences of adds, redemptions, retries, entry creation and
-deletion, reads and clock jumps, for two tenants sharing customer ids, and compares every
-answer with the pure-Python model in ``ledger_model.py``. After every step the touched
-customers' summaries, in both tenants, must equal the model's and obey the ledger's rules.
+migrated databases) with random sequences of adds, redemptions, deductions, reversals, retries,
+entry creation and deletion, reads and clock jumps, for two tenants sharing customer ids, and
+compares every answer with the pure-Python model in ``ledger_model.py``. After every step the
+touched customers' summaries, in both tenants, must equal the model's and obey the ledger's
+rules; the balance at past instants must be the model's too.
 
 Profiles, chosen by ``REWARDPOINTS_HYPOTHESIS_PROFILE``: ``ci`` (the default, about 100
 examples x 30 steps, under a minute per database) and ``deep`` (2000 x 60, on demand):
@@ -40,12 +41,14 @@ from rewardpoints.app import create_app
 from .conftest import bearer, make_settings, token
 from .ledger_model import (
     MAX_POINTS,
+    DeductionRequest,
     Entry,
     Error,
     Lot,
     LotRequest,
     Outcome,
     RedemptionRequest,
+    ReversalRequest,
     TenantLedger,
 )
 from .support import FakeClock
@@ -133,6 +136,26 @@ class Redeem:
 
 
 @dataclass(frozen=True)
+class Deduct:
+    customer: str
+    amount: str  # as Redeem's
+    n: int
+    id: str | None
+    lot: int | None  # which of the customer's lots to take from first; -1: an unknown one
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Reverse:
+    customer: str
+    pick: int  # which of the customer's redemptions; -1: an unknown one
+    points: str  # all (none given), one, some, too_many
+    n: int
+    id: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True)
 class Create:
     customer: str
     body: str  # none, empty, same (customerId = path), other (customerId != path), start
@@ -144,7 +167,13 @@ class Delete:
     customer: str
 
 
-Write = Add | Redeem | Create | Delete
+Write = Add | Redeem | Deduct | Reverse | Create | Delete
+ACTIONS = {
+    "add": "/addPoints",
+    "redeem": "/redeemPoints",
+    "deduct": "/deductPoints",
+    "reverse": "/reversePoints",
+}
 
 
 @dataclass(frozen=True)
@@ -158,6 +187,8 @@ class Sent:
     lot: LotRequest | None = None
     redemption: RedemptionRequest | None = None
     body_customer: str | None = None
+    deduction: DeductionRequest | None = None
+    reversal: ReversalRequest | None = None
 
     def __repr__(self) -> str:
         return f"Sent({self.kind} tenant {self.who} customer {self.customer!r}: {self.body!r})"
@@ -210,6 +241,24 @@ redeems = st.builds(
         lambda fields: tuple(f for f in fields if f[0] in ("createdAt", "allPointsAfterCreation"))
     ),
 )
+deducts = st.builds(
+    Deduct,
+    customer=customers,
+    amount=st.sampled_from(["within", "within", "exact", "beyond", "fixed"]),
+    n=st.integers(0, 100),
+    id=entry_ids,
+    lot=st.none() | st.integers(-1, 20),
+    reason=st.none() | text,
+)
+reverses = st.builds(
+    Reverse,
+    customer=customers,
+    pick=st.integers(-1, 20),
+    points=st.sampled_from(["all", "one", "some", "too_many"]),
+    n=st.integers(0, 100),
+    id=entry_ids,
+    reason=st.none() | text,
+)
 creates = st.builds(
     Create,
     customer=customers,
@@ -217,7 +266,9 @@ creates = st.builds(
     start=adds,
 )
 deletes = st.builds(Delete, customer=customers)
-writes = st.one_of(adds, adds, adds, redeems, redeems, redeems, creates, deletes)
+writes = st.one_of(
+    adds, adds, adds, redeems, redeems, redeems, deducts, reverses, reverses, creates, deletes
+)
 
 
 # ---- the machine -----------------------------------------------------------------------------
@@ -261,6 +312,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.models: list[TenantLedger] = []
         self.touched: set[str] = set()
         self.pending: list[tuple[int, str, Entry, datetime, datetime]] = []
+        # The clock of every step that wrote: the entries of a step are made within a
+        # millisecond of it, and the next step comes later.
+        self.step_times: list[datetime] = []
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -316,6 +370,54 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(target=written, who=st.sampled_from([0, 1]), op=redeems)
     def redeem_points(self, who: int, op: Redeem) -> Any:
         return self.perform((who, op))
+
+    @rule(target=written, who=st.sampled_from([0, 1]), op=deducts)
+    def deduct_points(self, who: int, op: Deduct) -> Any:
+        return self.perform((who, op))
+
+    @rule(target=written, who=st.sampled_from([0, 1]), op=reverses)
+    def reverse_points(self, who: int, op: Reverse) -> Any:
+        return self.perform((who, op))
+
+    @rule(
+        who=st.sampled_from([0, 1]),
+        customer=customers,
+        points=st.integers(2, 60),
+        hours=st.integers(1, 48),
+        later=st.sampled_from([timedelta(0), timedelta(hours=1), timedelta(days=3)]),
+        reverse=reverses,
+        deduct=deducts,
+    )
+    def spend_and_take_back(
+        self,
+        who: int,
+        customer: str,
+        points: int,
+        hours: int,
+        later: timedelta,
+        reverse: Reverse,
+        deduct: Deduct,
+    ) -> None:
+        """What a shop does around an order: points added (one lot valid for ``hours``), a
+        redemption of all of them and a deduction, then, maybe after the lot expired, the
+        redemption reversed."""
+        soon = ValidUntil(hours=hours, past=False, form="Z")
+        # Each step's entries are bound at once: the ids the server made name them later.
+        for valid_until in (soon, None):
+            self.perform((who, Add(customer, points, None, None, None, valid_until, ())))
+            self.api_agrees_with_model()
+        self.perform((who, Redeem(customer, "within", 60, None, None, ())))
+        self.api_agrees_with_model()
+        self.perform((who, replace(deduct, customer=customer)))
+        self.api_agrees_with_model()
+        self.clock.advance(seconds=later.total_seconds())
+        self.touched.update(CUSTOMERS)
+        redemptions = self.models[who].customers[customer].redemptions
+        latest = max(i for i, r in enumerate(redemptions) if not r.deducted)
+        spent = [r for r in redemptions if r.id and not r.deducted]
+        self.perform(
+            (who, replace(reverse, customer=customer, pick=spent.index(redemptions[latest])))
+        )
 
     @rule(target=written, who=st.sampled_from([0, 1]), op=creates)
     def create_entry(self, who: int, op: Create) -> Any:
@@ -384,6 +486,42 @@ class LedgerMachine(RuleBasedStateMachine):
         assert balance.headers["content-type"] == "application/json"
         assert balance.json() == model.active_points(customer, self.clock.now)
 
+    @rule(
+        who=st.sampled_from([0, 1]),
+        customer=customers,
+        picks=st.lists(st.integers(0, 10_000), min_size=1, max_size=4),
+    )
+    def balance_in_the_past(self, who: int, customer: str, picks: list[int]) -> None:
+        """The balance at instants between past steps, and on and just before the lots'
+        validUntil (where no step wrote), as the model had it then."""
+        model = self.models[who]
+        windows = [(t, t + timedelta(milliseconds=1)) for t in self.step_times]
+        boundaries = [
+            moment + offset
+            for moment in model.valid_until_moments()
+            for offset in BOUNDARY_OFFSETS
+            if moment + offset <= self.clock.now
+            and not any(start <= moment + offset < end for start, end in windows)
+        ]
+        moments = [t + timedelta(microseconds=500) for t in self.step_times] + boundaries
+        if not moments:
+            return
+        chosen = [moments[pick % len(moments)] for pick in picks]
+        path = customer_path(customer, "/balance")
+        answers = self.run_all(
+            self.http_get(who, f"{path}?at={quote(moment.isoformat())}") for moment in chosen
+        )
+        for moment, response in zip(chosen, answers, strict=True):
+            if customer not in model.customers:
+                self.assert_not_found(response, customer)
+                continue
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert parse_time(body["at"]) == moment.replace(
+                microsecond=moment.microsecond // 1000 * 1000
+            )
+            assert body["activePoints"] == model.balance_at(customer, moment), moment
+
     @rule(who=st.sampled_from([0, 1]))
     def summary_batch(self, who: int) -> None:
         response = self.run(self.http_get(who, f"{BASE}/summaryBatch"))
@@ -429,10 +567,13 @@ class LedgerMachine(RuleBasedStateMachine):
         responses = self.run_all(self.send(request) for request in requests)
         after = self.clock.now
         self.clock.advance(milliseconds=1)  # the next step's entries come later
+        self.step_times.append(before)
         identified: list[Sent] = []
         for request, response in zip(requests, responses, strict=True):
             outcome = self.apply(request, before)
             self.assert_answer(request, response, outcome)
+            if outcome.reversal is not None and outcome.reversal.id is None:
+                outcome.reversal.id = response.json()["id"]  # the id the server made
             self.touched.add(request.customer)
             if outcome.written is not None:
                 self.pending.append((request.who, request.customer, outcome.written, before, after))
@@ -461,6 +602,48 @@ class LedgerMachine(RuleBasedStateMachine):
                 body.update(op.computed)
                 redemption = RedemptionRequest(points, op.id, op.description)
                 return Sent(who, "redeem", op.customer, body, redemption=redemption)
+            case Deduct():
+                active = self.models[who].active_points(op.customer, now)
+                points = {
+                    "within": 1 + (active - 1) * min(op.n, 100) // 100 if active else 1,
+                    "exact": max(active, 1),
+                    "beyond": active + 1 + op.n,
+                    "fixed": max(op.n, 1),
+                }[op.amount]
+                customer = self.models[who].customers.get(op.customer)
+                lot_ids = [lot.id for lot in customer.lots if lot.id] if customer else []
+                lot_id = None
+                if op.lot == -1:
+                    lot_id = "no-such-lot"
+                elif op.lot is not None and lot_ids:
+                    lot_id = lot_ids[op.lot % len(lot_ids)]
+                body = {"points": points}
+                body.update(
+                    (k, v)
+                    for k, v in {"id": op.id, "lotId": lot_id, "reason": op.reason}.items()
+                    if v is not None
+                )
+                deduction = DeductionRequest(points, op.id, None, lot_id, op.reason)
+                return Sent(who, "deduct", op.customer, body, deduction=deduction)
+            case Reverse():
+                customer = self.models[who].customers.get(op.customer)
+                spent = [
+                    r for r in (customer.redemptions if customer else []) if r.id and not r.deducted
+                ]
+                target = spent[op.pick % len(spent)] if spent and op.pick >= 0 else None
+                left = target.points - target.reversed_points if target else 0
+                given = {
+                    "all": None,
+                    "one": 1,
+                    "some": 1 + max(left - 1, 0) * op.n // 100,
+                    "too_many": left + 1 + op.n,
+                }[op.points]
+                redemption_id = target.id if target and target.id else "no-such-r"
+                body = {"redemptionId": redemption_id}
+                fields: dict[str, Any] = {"points": given, "id": op.id, "reason": op.reason}
+                body.update((k, v) for k, v in fields.items() if v is not None)
+                reversal = ReversalRequest(redemption_id, given, op.id, op.reason)
+                return Sent(who, "reverse", op.customer, body, reversal=reversal)
             case Create():
                 body_customer = {"same": op.customer, "other": op.customer + "-x"}.get(op.body)
                 if op.body == "start" and op.start is not None:
@@ -493,6 +676,12 @@ class LedgerMachine(RuleBasedStateMachine):
             case "redeem":
                 assert request.redemption is not None
                 return model.redeem(request.customer, request.redemption, now)
+            case "deduct":
+                assert request.deduction is not None
+                return model.deduct(request.customer, request.deduction, now)
+            case "reverse":
+                assert request.reversal is not None
+                return model.reverse(request.customer, request.reversal, now)
             case "create":
                 return model.create(request.customer, request.lot, now, request.body_customer)
             case _:
@@ -501,9 +690,7 @@ class LedgerMachine(RuleBasedStateMachine):
     async def send(self, request: Sent) -> httpx.Response:
         assert self.http is not None
         headers = self.headers[request.who]
-        path = customer_path(
-            request.customer, {"add": "/addPoints", "redeem": "/redeemPoints"}.get(request.kind, "")
-        )
+        path = customer_path(request.customer, ACTIONS.get(request.kind, ""))
         if request.kind == "delete":
             return await self.http.delete(path, headers=headers)
         return await self.http.post(path, json=request.body, headers=headers)
@@ -518,6 +705,13 @@ class LedgerMachine(RuleBasedStateMachine):
     def assert_answer(self, request: Sent, response: httpx.Response, outcome: Outcome) -> None:
         context = f"model expects {outcome}: {request!r} -> {response.status_code} {response.text}"
         assert response.status_code in outcome.statuses, context
+        if not outcome.errors and request.kind in ("deduct", "reverse"):
+            answer = response.json()
+            given_id = request.body.get("id")
+            assert given_id is None or answer["id"] == given_id, context
+            if outcome.answer is not None:
+                assert answer == {"id": answer["id"], **outcome.answer}, context
+            return
         if not outcome.errors:
             assert response.content == b"", context
             return
@@ -546,6 +740,17 @@ class LedgerMachine(RuleBasedStateMachine):
                 )
             case "id_conflict":
                 return bool(body["status"] == 409)
+            case "no_redemption":
+                redemption = request.body["redemptionId"]
+                return bool(
+                    body
+                    == {
+                        "type": "resource_not_found",
+                        "status": 404,
+                        "message": f"No redemption {redemption} found for customer "
+                        f"{request.customer}",
+                    }
+                )
         instance = response.request.url.path.removeprefix(BASE)
         if (body["status"], body["title"], body["instance"]) != (400, "Bad Request", instance):
             return False
@@ -634,7 +839,8 @@ def assert_ledger_rules(body: dict[str, Any], now: datetime, customer: str) -> N
         assert 0 <= lot["usedPoints"] <= lot["points"], lot
         assert len(set(lot["usedWith"])) == len(lot["usedWith"]), lot
     assert sum(r["points"] for r in redemptions) == sum(lot["usedPoints"] for lot in lots)
-    redemption_ids = {r["id"] for r in redemptions}
+    # A redemption reversed whole holds no points of any lot any more.
+    redemption_ids = {r["id"] for r in redemptions if r["points"]}
     used_with = {rid for lot in lots for rid in lot["usedWith"]}
     assert used_with == redemption_ids, "usedWith must name exactly the redemptions"
     for entries in (lots, redemptions):

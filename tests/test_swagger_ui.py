@@ -192,3 +192,24 @@ def test_try_it_out_without_authorizing_shows_401(service: Service, browser: Bro
 
     assert_only_loopback_and_nothing_failed(traffic)
     page.close()
+
+
+def test_the_operations_beyond_emporix_each_show_under_a_tag_of_their_own(
+    service: Service, browser: Browser
+) -> None:
+    page, traffic = open_docs(browser, service.base)
+    for tag, path in (
+        ("Reversals", "/reward-points/customer/{customerId}/reversePoints"),
+        ("Deductions", "/reward-points/customer/{customerId}/deductPoints"),
+        ("History", "/reward-points/customer/{customerId}/history"),
+        ("Balance_in_time", "/reward-points/customer/{customerId}/balance"),
+        ("Expiring_points", "/reward-points/expiringPoints"),
+        ("Liability", "/reward-points/liability"),
+    ):
+        section = page.locator(f"#operations-tag-{tag}")
+        expect(section).to_be_visible()
+        # Each tag's operations are listed right after its heading.
+        operations = section.locator("xpath=..").locator(".opblock-summary-path")
+        expect(operations.filter(has_text=path).first).to_be_visible()
+    assert_only_loopback_and_nothing_failed(traffic)
+    page.close()

@@ -202,6 +202,21 @@ async def test_an_imported_ledger_goes_on_as_the_source_would(
             headers=headers,
         )
         assert conflict.status_code == 409, conflict.text
+    # The history reads the same, but for who wrote the entries: the import, in the copy.
+    histories = []
+    for who in (tenant, target):
+        answer = await client.get(
+            "/reward-points/customer/alice/history",
+            params={"limit": 50},
+            headers={"Authorization": f"Bearer {token(who)}"},
+        )
+        assert answer.status_code == 200, answer.text
+        histories.append(answer.json()["items"])
+    assert {item["actor"] for item in histories[1]} == {"import", None}  # None: "expired"
+    for item in (*histories[0], *histories[1]):
+        item.pop("actor")
+    assert histories[0] == histories[1]
+    assert [i["kind"] for i in histories[1]].count("added") == 4
     summaries = []
     for who in (tenant, target):
         answer = await client.get(

@@ -15,7 +15,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.types import Receive, Scope, Send
 
 from . import __version__
-from .api import docs, errors, health, management, orders, public, redeem_options
+from .api import docs, errors, extensions, health, management, orders, public, redeem_options
 from .api.cors import Cors
 from .api.fastlane import FastLane
 from .api.idempotency import stored_of
@@ -155,6 +155,7 @@ def create_app(
     app.state.idempotency_in_flight = set()
     errors.install(app)
     app.include_router(management.router)
+    app.include_router(extensions.router)
     # The static /public/... and /customer/... paths before /{tenant}/redeemOptions, so
     # "public" and "customer" are never read as a tenant.
     app.include_router(public.router)

@@ -47,6 +47,11 @@ class Principal:
     def is_customer(self) -> bool:
         return self.customer_id is not None
 
+    @property
+    def actor(self) -> str | None:
+        """Who a write is recorded as made by: the token's subject, else its customer."""
+        return self.subject or self.customer_id
+
     def require_any(self, accepted: Iterable[str]) -> None:
         accepted = tuple(accepted)
         if self.scopes.isdisjoint(accepted):

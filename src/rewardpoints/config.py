@@ -22,6 +22,8 @@ class Site:
     validity_in_months: int = 36
     code_prefix: str = "RP"
     order_value_to_reward_points_factor: float = 1.0
+    # deductPoints beyond the balance: refused (False), or the shortfall owed (True).
+    negative_balance: bool = False
 
 
 def _default_dev_secret_file() -> Path:
@@ -70,6 +72,10 @@ class Settings(BaseSettings):
     dev_secret_file: Path = Field(default_factory=_default_dev_secret_file)
 
     validity_months: int = Field(default=36, ge=1, le=1200)
+    # deductPoints beyond a customer's balance: refused as a redemption would be, or allowed,
+    # the shortfall owed (a negative balance the next additions pay first). A site may say
+    # otherwise in the sites file ("negativeBalance").
+    negative_balance: Literal["refuse", "allow"] = "refuse"
     sites_file: Path | None = None
 
     # Unset: coupons are issued and kept by this service. Set: issued by an Emporix-compatible
@@ -226,9 +232,14 @@ class Settings(BaseSettings):
         return load_dev_secret(self.dev_secret_file)
 
     def sites(self) -> dict[str, Site]:
+        allow = self.negative_balance == "allow"
         if self.sites_file is None:
-            return {"main": Site(code="main", validity_in_months=self.validity_months)}
-        return load_sites(self.sites_file, self.validity_months)
+            return {
+                "main": Site(
+                    code="main", validity_in_months=self.validity_months, negative_balance=allow
+                )
+            }
+        return load_sites(self.sites_file, self.validity_months, negative_balance=allow)
 
 
 def parse_origins(value: str) -> tuple[str, ...]:
@@ -327,8 +338,11 @@ def load_dev_secret(path: Path) -> str:
     return secret
 
 
-def load_sites(path: Path, default_validity: int) -> dict[str, Site]:
-    """Sites from a JSON file: ``{"main": {"enabled": true, "validityInMonths": 36, ...}}``."""
+def load_sites(
+    path: Path, default_validity: int, *, negative_balance: bool = False
+) -> dict[str, Site]:
+    """Sites from a JSON file: ``{"main": {"enabled": true, "validityInMonths": 36, ...}}``;
+    ``"negativeBalance": "allow"`` (or ``"refuse"``) overrides the service's setting."""
     raw: dict[str, Any] = json.loads(path.read_text())
     sites: dict[str, Site] = {}
     for code, conf in raw.items():
@@ -339,6 +353,11 @@ def load_sites(path: Path, default_validity: int) -> dict[str, Site]:
             code_prefix=str(conf.get("codePrefix", "RP")),
             order_value_to_reward_points_factor=float(
                 conf.get("orderValueToRewardPointsFactor", 1.0)
+            ),
+            negative_balance=(
+                str(conf["negativeBalance"]).lower() in ("allow", "true")
+                if "negativeBalance" in conf
+                else negative_balance
             ),
         )
     return sites

@@ -174,7 +174,7 @@ def _lot_item(used_with: str) -> str:
 _REDEMPTION_ITEM = (
     """'{"id":' || to_json(re.id::text)::text"""
     """ || ',"description":' || to_json(re.description)::text"""
-    """ || ',"points":' || re.points::text"""
+    """ || ',"points":' || (re.points - re.reversed_points)::text"""
     f""" || ',"createdAt":' || {_stamp("re.created_at")}"""
     """ || ',"allPointsAfterCreation":' || re.all_points_after_creation::text || '}'"""
 )
@@ -191,7 +191,7 @@ def _document(lot_items: str = "l.items", redemption_items: str = "r.items") -> 
     """The customer's document from its active points and its lists' items (NULL when empty)."""
     return (
         """'{"customerId":' || to_json(a.customer_id::text)::text"""
-        """ || ',"activePoints":' || COALESCE(l.active, 0)::text"""
+        """ || ',"activePoints":' || (COALESCE(l.active, 0) - a.debt)::text"""
         f""" || ',"summary":{{"addedPointsList":[' || COALESCE({lot_items}, '')"""
         f""" || '],"redeemedPointsList":[' || COALESCE({redemption_items}, '') || ']}}}}'"""
     )
@@ -242,11 +242,11 @@ WHERE a.tenant = :tenant AND a.customer_id = :customer
 # used up adds nothing to the active points: only the open ones are read (their own index).
 _DOCUMENT_START = text(f"""
 SELECT '{{"customerId":' || to_json(a.customer_id::text)::text
-    || ',"activePoints":' || COALESCE((
+    || ',"activePoints":' || (COALESCE((
         SELECT {_ACTIVE.format(now=_NOW)}
         FROM lots lo
         WHERE lo.tenant = a.tenant AND lo.customer_id = a.customer_id
-          AND NOT lo.used_up), 0)::text
+          AND NOT lo.used_up), 0) - a.debt)::text
     || ',"summary":{{"addedPointsList":[' AS start
 FROM accounts a
 WHERE a.tenant = :tenant AND a.customer_id = :customer

@@ -93,6 +93,31 @@ class RedeemOptionNotFound(ResourceNotFound):
         self.option_id = option_id
 
 
+class RedemptionNotFound(ResourceNotFound):
+    """The customer has no redemption with this id to reverse."""
+
+    def __init__(self, customer_id: str, redemption_id: str) -> None:
+        super().__init__(f"No redemption {redemption_id} found for customer {customer_id}")
+        self.customer_id = customer_id
+        self.redemption_id = redemption_id
+
+
+class TooManyToReverse(InvalidRequest):
+    """A reversal asks for more points than the redemption still holds."""
+
+    def __init__(self, redemption_id: str, requested: int | None, left: int) -> None:
+        if requested is None:
+            message = f"Redemption {redemption_id} has no points left to reverse"
+        else:
+            message = (
+                f"Cannot reverse {requested} points of redemption {redemption_id}:"
+                f" {left} left to reverse"
+            )
+        super().__init__(message, field="points")
+        self.requested = requested
+        self.left = left
+
+
 class VersionConflict(RewardPointsError):
     """An update names a version of the resource that is no longer the current one."""
 

@@ -10,10 +10,11 @@ and turns the functions' answers into results and domain errors.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -24,7 +25,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .config import Site
-from .db import active_transaction_hook, run_transaction, sqlstate
+from .db import (
+    active_transaction_hook,
+    read_transaction,
+    run_transaction,
+    single_read,
+    sqlstate,
+)
 from .direct import Coalesced, Direct, StatementError
 from .errors import (
     CustomerExists,
@@ -33,6 +40,8 @@ from .errors import (
     InsufficientPoints,
     InvalidRequest,
     OrderConflict,
+    RedemptionNotFound,
+    TooManyToReverse,
     UnknownSite,
 )
 from .metrics import POINTS
@@ -53,6 +62,7 @@ class NewLot:
     reference_id: str | None = None
     description: str | None = None
     valid_until: datetime | None = None
+    reason: str | None = None  # recorded in the journal; not the entry's content
 
     def fingerprint(self, customer_id: str) -> str:
         valid_until = self.valid_until.astimezone(UTC).isoformat() if self.valid_until else None
@@ -66,9 +76,147 @@ class NewRedemption:
     points: int
     id: str | None = None
     description: str | None = None
+    reason: str | None = None  # recorded in the journal; not the entry's content
 
     def fingerprint(self, customer_id: str) -> str:
         return _digest(["redemption", customer_id, self.points, self.description])
+
+
+@dataclass(frozen=True, slots=True)
+class NewReversal:
+    redemption_id: str
+    points: int | None = None  # None: all the redemption still holds
+    id: str | None = None
+    reason: str | None = None
+
+    def fingerprint(self, customer_id: str) -> str:
+        return _digest(["reversal", customer_id, self.redemption_id, self.points])
+
+
+@dataclass(frozen=True, slots=True)
+class NewDeduction:
+    points: int
+    id: str | None = None
+    reference_id: str | None = None
+    lot_id: str | None = None  # the lot to take from first
+    reason: str | None = None
+
+    def fingerprint(self, customer_id: str) -> str:
+        return _digest(["deduction", customer_id, self.points, self.reference_id, self.lot_id])
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal:
+    id: str
+    restored_points: int
+    expired_points: int
+
+
+@dataclass(frozen=True, slots=True)
+class Deduction:
+    id: str
+    points: int
+    balance_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Preview:
+    """What a write would do now (a dry run): the balance before and after, and the lots it
+    would draw from or give back to, each with its points (a new lot's id is None when the
+    server would make it)."""
+
+    balance_before: int
+    balance_after: int
+    lots: list[tuple[str | None, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    kind: str
+    id: str
+    points: int
+    created_at: datetime
+    balance_after: int
+    reference_id: str | None
+    reason: str | None
+    actor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCursor:
+    """Where a history page ends: its last entry's time, and a journal entry's sequence number
+    or an expired lot's id (rewardpoints_history)."""
+
+    at: datetime
+    seq: int | None
+    lot_id: str | None
+
+    def encode(self) -> str:
+        raw = json.dumps([self.at.isoformat(), self.seq, self.lot_id], separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> HistoryCursor:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            at, seq, lot_id = json.loads(raw)
+            cursor = cls(datetime.fromisoformat(at), seq, lot_id)
+            valid = (
+                cursor.at.tzinfo is not None
+                and (seq is None) != (lot_id is None)
+                and (seq is None or (type(seq) is int and 0 < seq < 2**63))
+                and (lot_id is None or (isinstance(lot_id, str) and 0 < len(lot_id) <= 255))
+            )
+        except (ValueError, TypeError, UnicodeDecodeError):
+            valid = False
+        if not valid:
+            raise InvalidRequest("cursor is not one this service gave", field="cursor")
+        return cursor
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    items: list[HistoryEntry]
+    next: HistoryCursor | None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringLot:
+    id: str
+    points: int
+    valid_until: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringCustomer:
+    customer_id: str
+    points: int
+    earliest: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MonthFlow:
+    month: str  # YYYY-MM, UTC
+    issued: int = 0
+    redeemed: int = 0
+    reversed: int = 0
+    deducted: int = 0
+    expired: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Liability:
+    at: datetime
+    outstanding_points: int
+    customers: int
+    debt_points: int
+    customers_in_debt: int
+    expiring: list[tuple[str, int]]  # (YYYY-MM, points), from the month of ``at`` on
+    months: list[MonthFlow]  # up to the month of ``at``, oldest first
+
+
+HISTORY_KINDS = ("added", "chargeback", "redeemed", "reversed", "deducted", "expired")
+DEFAULT_DEDUCT_DESCRIPTION = "points deducted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +280,16 @@ class Ledger:
     # ---- writes ------------------------------------------------------------------------
 
     async def create_customer(
-        self, tenant: str, customer_id: str, start: NewLot | None, site_code: str
+        self,
+        tenant: str,
+        customer_id: str,
+        start: NewLot | None,
+        site_code: str,
+        *,
+        actor: str | None = None,
     ) -> None:
         site = self.site(site_code)
-        lot = _lot_arguments(start or NewLot(1), customer_id, site.validity_in_months)
+        lot = _lot_arguments(start or NewLot(1), customer_id, site.validity_in_months, actor)
 
         def answer(row: Row[Any]) -> None:
             if row[0] == "exists":
@@ -157,18 +311,32 @@ class Ledger:
 
         await self._call(_DELETE_CUSTOMER_CALL, {"tenant": tenant, "customer": customer_id}, answer)
 
-    async def add_points(self, tenant: str, customer_id: str, lot: NewLot, site_code: str) -> str:
+    async def add_points(
+        self,
+        tenant: str,
+        customer_id: str,
+        lot: NewLot,
+        site_code: str,
+        *,
+        actor: str | None = None,
+    ) -> str:
         """Credit a lot, creating the customer's entry when missing. Returns the lot's id."""
         site = self.site(site_code)
         params = {
             "tenant": tenant,
             "customer": customer_id,
-            **_lot_arguments(lot, customer_id, site.validity_in_months),
+            **_lot_arguments(lot, customer_id, site.validity_in_months, actor),
         }
         return await self._add(params)
 
     async def charge_back(
-        self, conn: AsyncConnection, tenant: str, customer_id: str, points: int
+        self,
+        conn: AsyncConnection,
+        tenant: str,
+        customer_id: str,
+        points: int,
+        *,
+        actor: str | None = None,
     ) -> str:
         """Give back points whose coupon could not be issued (rewardpoints_charge_back), in the
         caller's transaction. CustomerNotFound when the customer was deleted since: the points
@@ -183,6 +351,7 @@ class Ledger:
             "points": points,
             "months": CHARGEBACK_VALIDITY_MONTHS,
             "hash": lot.fingerprint(customer_id),
+            "actor": actor,
         }
         if (await conn.execute(_CHARGE_BACK_CALL, params)).scalar_one() == "not_found":
             raise CustomerNotFound(customer_id)
@@ -201,9 +370,16 @@ class Ledger:
         found = await conn.execute(_REDEMPTION_KEPT, {**params, "id": redemption_id})
         return bool(found.scalar_one())
 
-    async def redeem_points(self, tenant: str, customer_id: str, redemption: NewRedemption) -> str:
+    async def redeem_points(
+        self,
+        tenant: str,
+        customer_id: str,
+        redemption: NewRedemption,
+        *,
+        actor: str | None = None,
+    ) -> str:
         """Spend active lots oldest first. Returns the redemption's id."""
-        params, answer = self._redemption(tenant, customer_id, redemption)
+        params, answer = self._redemption(tenant, customer_id, redemption, actor)
         if active_transaction_hook() is None:
             redeemed = answer(await self.redemptions.submit(tuple(params.values())))
         else:
@@ -213,14 +389,20 @@ class Ledger:
         return redeemed.id
 
     async def redeem_points_in(
-        self, conn: AsyncConnection, tenant: str, customer_id: str, redemption: NewRedemption
+        self,
+        conn: AsyncConnection,
+        tenant: str,
+        customer_id: str,
+        redemption: NewRedemption,
+        *,
+        actor: str | None = None,
     ) -> str:
         """``redeem_points`` in the caller's transaction."""
-        params, answer = self._redemption(tenant, customer_id, redemption)
+        params, answer = self._redemption(tenant, customer_id, redemption, actor)
         return answer((await conn.execute(_REDEEM_CALL, params)).one()).id
 
     def _redemption(
-        self, tenant: str, customer_id: str, redemption: NewRedemption
+        self, tenant: str, customer_id: str, redemption: NewRedemption, actor: str | None
     ) -> tuple[dict[str, Any], Callable[[Any], Written]]:
         """A redemption's arguments to rewardpoints_redeem, and its answer as the ledger's."""
         redemption_id = redemption.id or str(uuid.uuid4())
@@ -232,6 +414,8 @@ class Ledger:
             "description": redemption.description or DEFAULT_REDEEM_DESCRIPTION,
             "points": redemption.points,
             "hash": redemption.fingerprint(customer_id),
+            "reason": redemption.reason,
+            "actor": actor,
         }
 
         def answer(row: Any) -> Written:
@@ -254,6 +438,8 @@ class Ledger:
         points: int,
         description: str,
         site_code: str,
+        *,
+        actor: str | None = None,
     ) -> AwardedOrder:
         """Credit an order's points exactly once (rewardpoints_award_order)."""
         site = self.site(site_code)
@@ -267,6 +453,8 @@ class Ledger:
             "description": description,
             "months": site.validity_in_months,
             "hash": lot.fingerprint(customer_id),
+            "reason": None,
+            "actor": actor,
         }
 
         def answer(row: Any) -> AwardedOrder:
@@ -282,7 +470,300 @@ class Ledger:
             POINTS.labels("added").inc(order.points)
         return order
 
+    async def reverse_points(
+        self,
+        tenant: str,
+        customer_id: str,
+        reversal: NewReversal,
+        *,
+        actor: str | None = None,
+        dry_run: bool = False,
+    ) -> Reversal | Preview:
+        """Give (part of) a redemption's points back to its lots (rewardpoints_reverse); with
+        ``dry_run``, what that would do now, written nowhere."""
+        reversal_id = reversal.id or str(uuid.uuid4())
+        params = {
+            "tenant": tenant,
+            "customer": customer_id,
+            "id": reversal_id,
+            "client_id": reversal.id is not None,
+            "redemption": reversal.redemption_id,
+            "points": reversal.points,
+            "reason": reversal.reason,
+            "actor": actor,
+            "hash": reversal.fingerprint(customer_id),
+            "dry": dry_run,
+        }
+
+        def answer(rows: Sequence[Any]) -> Reversal | Preview:
+            first = rows[0]
+            outcome = first[0]
+            if outcome == "not_found":
+                raise CustomerNotFound(customer_id)
+            if outcome == "conflict":
+                raise EntryConflict(reversal_id)
+            if outcome == "unknown_redemption":
+                raise RedemptionNotFound(customer_id, reversal.redemption_id)
+            if outcome == "too_many":
+                raise TooManyToReverse(reversal.redemption_id, reversal.points, int(first[1]))
+            if dry_run:
+                return _preview(first[4], first[5], [(row[6], row[7]) for row in rows])
+            return Reversal(reversal_id, int(first[2]), int(first[3]))
+
+        result = await self._command(_REVERSE_CALL, params, answer, dry_run=dry_run)
+        if isinstance(result, Reversal) and not dry_run:
+            POINTS.labels("reversed").inc(result.restored_points + result.expired_points)
+        return result
+
+    async def deduct_points(
+        self,
+        tenant: str,
+        customer_id: str,
+        deduction: NewDeduction,
+        site_code: str,
+        *,
+        actor: str | None = None,
+        dry_run: bool = False,
+    ) -> Deduction | Preview:
+        """Take points back (rewardpoints_deduct): from the named lot first, then oldest first;
+        beyond the balance only where the site allows a negative balance. With ``dry_run``,
+        what that would do now, written nowhere."""
+        site = self.site(site_code)
+        deduction_id = deduction.id or str(uuid.uuid4())
+        params = {
+            "tenant": tenant,
+            "customer": customer_id,
+            "id": deduction_id,
+            "client_id": deduction.id is not None,
+            "reference": deduction.reference_id,
+            "description": deduction.reason or DEFAULT_DEDUCT_DESCRIPTION,
+            "points": deduction.points,
+            "lot": deduction.lot_id,
+            "allow_debt": site.negative_balance,
+            "reason": deduction.reason,
+            "actor": actor,
+            "hash": deduction.fingerprint(customer_id),
+            "dry": dry_run,
+        }
+
+        def answer(rows: Sequence[Any]) -> Deduction | Preview:
+            first = rows[0]
+            outcome = first[0]
+            if outcome == "not_found":
+                raise CustomerNotFound(customer_id)
+            if outcome == "conflict":
+                raise EntryConflict(deduction_id)
+            if outcome == "unknown_lot":
+                raise InvalidRequest(
+                    f"lotId '{deduction.lot_id}' names no lot of customer {customer_id}",
+                    field="lotId",
+                )
+            if outcome == "insufficient":
+                raise InsufficientPoints(deduction.points, int(first[1]))
+            if dry_run:
+                return _preview(first[1], first[2], [(row[3], row[4]) for row in rows])
+            if outcome == "retry":
+                return Deduction(deduction_id, int(first[1]), int(first[2]))
+            return Deduction(deduction_id, deduction.points, int(first[2]))
+
+        result = await self._command(_DEDUCT_CALL, params, answer, dry_run=dry_run)
+        if isinstance(result, Deduction) and not dry_run:
+            POINTS.labels("deducted").inc(deduction.points)
+        return result
+
+    async def preview_add(
+        self, tenant: str, customer_id: str, lot: NewLot, site_code: str
+    ) -> Preview:
+        """What addPoints would do now (rewardpoints_preview_add), written nowhere."""
+        site = self.site(site_code)
+        arguments = _lot_arguments(lot, customer_id, site.validity_in_months, None)
+        params = {
+            "tenant": tenant,
+            "customer": customer_id,
+            "id": lot.id,
+            "client_id": lot.id is not None,
+            "points": lot.points,
+            "valid_until": lot.valid_until,
+            "months": site.validity_in_months,
+            "hash": arguments["hash"],
+        }
+
+        def answer(rows: Sequence[Any]) -> Preview:
+            first = rows[0]
+            _raise_refusal(first[0], lot.id or "")
+            return _preview(first[1], first[2], [(row[3], row[4]) for row in rows])
+
+        return await self._command(_PREVIEW_ADD_CALL, params, answer, dry_run=True)
+
+    async def preview_redeem(
+        self, tenant: str, customer_id: str, redemption: NewRedemption
+    ) -> Preview:
+        """What redeemPoints would do now (rewardpoints_preview_redeem), written nowhere."""
+        params = {
+            "tenant": tenant,
+            "customer": customer_id,
+            "id": redemption.id,
+            "client_id": redemption.id is not None,
+            "points": redemption.points,
+            "hash": redemption.fingerprint(customer_id),
+        }
+
+        def answer(rows: Sequence[Any]) -> Preview:
+            first = rows[0]
+            if first[0] == "not_found":
+                raise CustomerNotFound(customer_id)
+            if first[0] == "conflict":
+                raise EntryConflict(redemption.id or "")
+            if first[0] == "insufficient":
+                raise InsufficientPoints(redemption.points, int(first[1]))
+            return _preview(first[1], first[2], [(row[3], row[4]) for row in rows])
+
+        return await self._command(_PREVIEW_REDEEM_CALL, params, answer, dry_run=True)
+
+    async def history(
+        self,
+        tenant: str,
+        customer_id: str,
+        *,
+        limit: int,
+        cursor: HistoryCursor | None = None,
+        kinds: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> HistoryPage:
+        """A page of the customer's history, newest first (rewardpoints_history)."""
+        params = {
+            "tenant": tenant,
+            "customer": customer_id,
+            "limit": limit + 1,
+            "at": cursor.at if cursor else None,
+            "phase": None if cursor is None else (1 if cursor.seq is not None else 0),
+            "seq": cursor.seq if cursor else None,
+            "lot": cursor.lot_id if cursor else None,
+            "kinds": list(kinds) if kinds else None,
+            "since": since,
+            "until": until,
+        }
+        async with read_transaction(self.engine) as conn:
+            entries = (await conn.execute(_HISTORY_CALL, params)).all()
+            # An empty page may be a customer without an entry.
+            if not entries and not (await conn.execute(_ACCOUNT_EXISTS, params)).scalar_one():
+                raise CustomerNotFound(customer_id)
+        items = [
+            HistoryEntry(
+                row.kind,
+                row.entry_id,
+                int(row.points),
+                row.created_at,
+                int(row.balance_after),
+                row.reference_id,
+                row.reason,
+                row.actor,
+            )
+            for row in entries[:limit]
+        ]
+        following = None
+        if len(entries) > limit:
+            last = entries[limit - 1]
+            following = HistoryCursor(
+                last.created_at,
+                int(last.seq) if last.phase == 1 else None,
+                None if last.phase == 1 else last.entry_id,
+            )
+        return HistoryPage(items, following)
+
+    async def balance_at(
+        self, tenant: str, customer_id: str, at: datetime | None
+    ) -> tuple[int, datetime]:
+        """The customer's balance as it stood at ``at`` (rewardpoints_balance_at); now when
+        None. Returns the balance and the instant."""
+        params = {"tenant": tenant, "customer": customer_id, "at": at}
+        async with single_read(self.engine) as conn:
+            row = (await conn.execute(_BALANCE_AT_CALL, params)).one()
+        if row[0] is None:
+            raise CustomerNotFound(customer_id)
+        return int(row[0]), row[1]
+
+    async def expiring_lots(
+        self, tenant: str, customer_id: str, before: datetime
+    ) -> list[ExpiringLot]:
+        """The customer's lots with points left that expire before ``before``."""
+        async with read_transaction(self.engine) as conn:
+            params = {"tenant": tenant, "customer": customer_id, "before": before}
+            found = await conn.execute(_ACCOUNT_EXISTS, params)
+            if not found.scalar_one():
+                raise CustomerNotFound(customer_id)
+            rows = await conn.execute(_EXPIRING_LOTS_CALL, params)
+            return [ExpiringLot(row[0], int(row[1]), row[2]) for row in rows]
+
+    async def expiring_customers(
+        self, tenant: str, before: datetime, *, batch: int = 1000
+    ) -> AsyncGenerator[ExpiringCustomer, None]:
+        """Every customer of the tenant with points expiring before ``before``, by customer
+        id, read from PostgreSQL ``batch`` rows at a time as they are consumed."""
+        async with read_transaction(self.engine) as conn:
+            result = await conn.stream(
+                _EXPIRING_CUSTOMERS_CALL.execution_options(yield_per=batch),
+                {"tenant": tenant, "before": before},
+            )
+            async for row in result:
+                yield ExpiringCustomer(row[0], int(row[1]), row[2])
+
+    async def liability(self, tenant: str, months: int) -> Liability:
+        """The tenant's finance figures (rewardpoints_liability)."""
+        async with read_transaction(self.engine, snapshot=True) as conn:
+            now: datetime = (await conn.execute(_READ_NOW)).scalar_one()
+            rows = (
+                await conn.execute(
+                    _LIABILITY_CALL, {"tenant": tenant, "now": now, "months": months}
+                )
+            ).all()
+        figures: dict[str, tuple[int, int]] = {}
+        expiring: dict[str, int] = {}
+        flows: dict[str, dict[str, int]] = {}
+        for section, month, kind, points, customers in rows:
+            if section in ("outstanding", "debt"):
+                figures[section] = (int(points), int(customers))
+            elif section == "expiring":
+                expiring[_month(month)] = int(points)
+            else:
+                flows.setdefault(_month(month), {})[kind] = int(points)
+        this_month = now.astimezone(UTC)
+        ahead = [_month_after(this_month, n) for n in range(months)]
+        behind = [_month_after(this_month, -n) for n in reversed(range(months))]
+        return Liability(
+            at=now,
+            outstanding_points=figures["outstanding"][0],
+            customers=figures["outstanding"][1],
+            debt_points=figures["debt"][0],
+            customers_in_debt=figures["debt"][1],
+            expiring=[(month, expiring.get(month, 0)) for month in ahead],
+            months=[MonthFlow(month, **flows.get(month, {})) for month in behind],
+        )
+
     # ---- how calls are sent ------------------------------------------------------------
+
+    async def _command(
+        self,
+        statement: Any,
+        params: dict[str, Any],
+        answer: Callable[[Sequence[Any]], T],
+        *,
+        dry_run: bool,
+    ) -> T:
+        """A function call that answers several rows: a write in a transaction of its own (or
+        the request's), or a dry run in a read-only one, which can write nothing."""
+
+        async def body(conn: AsyncConnection) -> T:
+            if dry_run:
+                await conn.execute(text("SET TRANSACTION READ ONLY"))
+            return answer((await conn.execute(statement, params)).all())
+
+        if dry_run:
+            return await run_transaction(self.engine, body, write=False)
+        return await run_transaction(
+            self.engine, body, retry_on_integrity=True, single_statement=True
+        )
 
     async def _add(self, params: dict[str, Any]) -> str:
         entry_id = params["id"]
@@ -372,9 +853,11 @@ class Written:
     new: bool
 
 
-def _lot_arguments(lot: NewLot, customer_id: str, validity_months: int) -> dict[str, Any]:
-    """A lot's arguments to rewardpoints_add_lot and the functions that call it, in its
-    parameters' order after the tenant and customer."""
+def _lot_arguments(
+    lot: NewLot, customer_id: str, validity_months: int, actor: str | None
+) -> dict[str, Any]:
+    """A lot's arguments to rewardpoints_add and the functions like it, in their parameters'
+    order after the tenant and customer."""
     return {
         "id": lot.id or str(uuid.uuid4()),
         "client_id": lot.id is not None,
@@ -384,7 +867,24 @@ def _lot_arguments(lot: NewLot, customer_id: str, validity_months: int) -> dict[
         "valid_until": lot.valid_until,
         "months": validity_months,
         "hash": lot.fingerprint(customer_id),
+        "reason": lot.reason,
+        "actor": actor,
     }
+
+
+def _preview(before: Any, after: Any, lots: list[tuple[Any, Any]]) -> Preview:
+    """A preview function's rows as a Preview; a retry's rows name no lot."""
+    drawn = [(lot_id, int(points)) for lot_id, points in lots if points is not None]
+    return Preview(int(before), int(after), drawn)
+
+
+def _month(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def _month_after(moment: datetime, months: int) -> str:
+    total = moment.year * 12 + moment.month - 1 + months
+    return f"{total // 12:04d}-{total % 12 + 1:02d}"
 
 
 def _raise_refusal(outcome: str | None, entry_id: str) -> None:
@@ -396,20 +896,23 @@ def _raise_refusal(outcome: str | None, entry_id: str) -> None:
         raise InvalidRequest("validUntil must be in the future", field="validUntil") from None
 
 
-_LOT_PARAMETERS = ":id, :client_id, :reference, :description, :points, :valid_until, :months, :hash"
+_LOT_PARAMETERS = (
+    ":id, :client_id, :reference, :description, :points, :valid_until, :months, :hash, :reason,"
+    " :actor"
+)
 _ADD_CALL = text(
     f"SELECT outcome, entry_id FROM rewardpoints_add(:tenant, :customer, {_LOT_PARAMETERS})"  # noqa: S608
 )
 _REDEEM_CALL = text(
     "SELECT outcome, available FROM rewardpoints_redeem(:tenant, :customer, :id, :client_id, "
-    ":description, :points, :hash)"
+    ":description, :points, :hash, :reason, :actor)"
 )
 _CREATE_CUSTOMER_CALL = text(
     f"SELECT rewardpoints_create_customer(:tenant, :customer, :start, {_LOT_PARAMETERS})"
 )
 _CHARGE_BACK_CALL = text(
     "SELECT rewardpoints_charge_back(:tenant, :customer, :id, :description, :points, :months,"
-    " :hash)"
+    " :hash, :actor)"
 )
 _LOCK_ACCOUNT_CALL = text("SELECT rewardpoints_lock_account(:tenant, :customer, false)")
 _REDEMPTION_KEPT = text(
@@ -417,28 +920,69 @@ _REDEMPTION_KEPT = text(
     " WHERE tenant = :tenant AND customer_id = :customer AND id = :id)"
 )
 _DELETE_CUSTOMER_CALL = text("SELECT rewardpoints_delete_customer(:tenant, :customer)")
+_REVERSE_CALL = text(
+    "SELECT * FROM rewardpoints_reverse(:tenant, :customer, :id, :client_id, :redemption,"
+    " :points, :reason, :actor, :hash, :dry)"
+)
+_DEDUCT_CALL = text(
+    "SELECT * FROM rewardpoints_deduct(:tenant, :customer, :id, :client_id, :reference,"
+    " :description, :points, :lot, :allow_debt, :reason, :actor, :hash, :dry)"
+)
+_PREVIEW_ADD_CALL = text(
+    "SELECT * FROM rewardpoints_preview_add(:tenant, :customer, :id, :client_id, :points,"
+    " :valid_until, :months, :hash)"
+)
+_PREVIEW_REDEEM_CALL = text(
+    "SELECT * FROM rewardpoints_preview_redeem(:tenant, :customer, :id, :client_id, :points, :hash)"
+)
+_HISTORY_CALL = text(
+    "SELECT * FROM rewardpoints_history(:tenant, :customer, rewardpoints_read_now(), :limit,"
+    " :at, :phase, :seq, :lot, :kinds, :since, :until)"
+)
+_BALANCE_AT_CALL = text(
+    "SELECT rewardpoints_balance_at(:tenant, :customer, c.at), c.at"
+    " FROM (SELECT COALESCE(CAST(:at AS timestamptz), rewardpoints_read_now()) AS at) c"
+)
+_ACCOUNT_EXISTS = text(
+    "SELECT EXISTS (SELECT 1 FROM accounts WHERE tenant = :tenant AND customer_id = :customer)"
+)
+_EXPIRING_LOTS_CALL = text(
+    "SELECT * FROM rewardpoints_expiring_lots(:tenant, :customer, rewardpoints_read_now(), :before)"
+)
+_EXPIRING_CUSTOMERS_CALL = text(
+    "SELECT * FROM rewardpoints_expiring_customers(:tenant, rewardpoints_read_now(), :before)"
+)
+_READ_NOW = text("SELECT rewardpoints_read_now()")
+_LIABILITY_CALL = text("SELECT * FROM rewardpoints_liability(:tenant, :now, :months)")
 _AWARD_ORDER_CALL = text(
     "SELECT outcome, awarded_points, awarded_lot FROM rewardpoints_award_order(:tenant,"
-    " :customer, :order, :points, :lot_id, :description, :months, :hash)"
+    " :customer, :order, :points, :lot_id, :description, :months, :hash, :reason, :actor)"
 )
 
 # The same calls in asyncpg's numbered parameters, in the order of the params dicts above
 # (direct.py).
-_ADD_SQL = "SELECT outcome, entry_id FROM rewardpoints_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-_REDEEM_SQL = "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7)"
+_ADD_SQL = (
+    "SELECT outcome, entry_id FROM rewardpoints_add($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,"
+    " $12)"
+)
+_REDEEM_SQL = (
+    "SELECT outcome, available FROM rewardpoints_redeem($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+)
 _REDEEM_MANY_SQL = (
-    "SELECT outcome, available FROM rewardpoints_redeem_many($1, $2, $3, $4, $5, $6, $7)"
+    "SELECT outcome, available FROM rewardpoints_redeem_many($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 )
 _ADD_MANY_SQL = (
-    "SELECT outcome, entry_id FROM rewardpoints_add_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    "SELECT outcome, entry_id FROM rewardpoints_add_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+    " $11, $12)"
 )
 # The balance of account ``a``: the active points its last write stored, while no lot they
-# count has expired (rewardpoints_add_lot, rewardpoints_redeem); else the sum of its open lots.
+# count has expired (rewardpoints_add_lot, rewardpoints_redeem); else the sum of its open lots
+# less its debt (rewardpoints_available).
 _ACCOUNT_BALANCE = (
     "CASE WHEN a.active_since <= c.now AND c.now < a.active_until THEN a.active_points"
     " ELSE COALESCE((SELECT SUM(l.points - l.used_points) FROM lots l"
     " WHERE l.tenant = a.tenant AND l.customer_id = a.customer_id AND NOT l.used_up"
-    " AND l.valid_until > c.now), 0) END::bigint"
+    " AND l.valid_until > c.now), 0) - a.debt END::bigint"
 )
 _BALANCE_SQL = (
     f"SELECT {_ACCOUNT_BALANCE}"  # noqa: S608 - fixed text

@@ -70,6 +70,10 @@ accounts = Table(
     Column("active_points", BigInteger, nullable=True),
     Column("active_since", UTCDateTime, nullable=True),
     Column("active_until", UTCDateTime, nullable=True),
+    # Points deducted beyond the balance and not yet paid by a later lot (migration 0012): the
+    # balance is the open lots' points less this.
+    Column("debt", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("debt >= 0", name="debt_not_negative"),
 )
 
 # An entry's id is unique per customer, across its lots and redemptions together (checked by
@@ -94,7 +98,14 @@ lots = Table(
     # A used-up lot's item in summaries, as documents.py writes it, stored by the redemption
     # that spends its last point (rewardpoints_lot_item). NULL: build it.
     Column("summary_item", Text, nullable=True),
+    # Points a reversal gave back to the lot after its validUntil (migration 0012): they came
+    # back expired, so the lot's remainder at its validUntil is points - used_points - this.
+    Column("expired_returns", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("points > 0", name="points_positive"),
+    CheckConstraint(
+        "expired_returns >= 0 AND expired_returns <= points - used_points",
+        name="expired_returns_within",
+    ),
     CheckConstraint("used_points >= 0 AND used_points <= points", name="used_within_points"),
     ForeignKeyConstraint(
         ["tenant", "customer_id"], ["accounts.tenant", "accounts.customer_id"], ondelete="CASCADE"
@@ -106,6 +117,16 @@ lots = Table(
         "tenant",
         "customer_id",
         "created_at",
+        "id",
+        postgresql_where=text("NOT used_up"),
+    ),
+    # The lots with points left by validUntil: expiring points, and the expired entries of a
+    # history page (migration 0012).
+    Index(
+        "ix_lots_customer_expiry",
+        "tenant",
+        "customer_id",
+        "valid_until",
         "id",
         postgresql_where=text("NOT used_up"),
     ),
@@ -122,11 +143,80 @@ redemptions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("all_points_after_creation", BigInteger, nullable=False),
     Column("request_hash", String(64), nullable=False),
+    # A deduction (deductPoints) is a redemption marked so; what it could not draw from the
+    # lots is owed until later lots pay it. A redemption's reversed points went back to its
+    # lots (reversePoints). Migration 0012.
+    Column("deducted", Boolean, nullable=False, server_default=text("false")),
+    Column("owed", BigInteger, nullable=False, server_default=text("0")),
+    Column("reversed_points", BigInteger, nullable=False, server_default=text("0")),
     CheckConstraint("points > 0", name="points_positive"),
+    CheckConstraint("owed >= 0 AND owed <= points", name="owed_within"),
+    CheckConstraint("reversed_points >= 0 AND reversed_points <= points", name="reversed_within"),
     ForeignKeyConstraint(
         ["tenant", "customer_id"], ["accounts.tenant", "accounts.customer_id"], ondelete="CASCADE"
     ),
     Index("ix_redemptions_customer_order", "tenant", "customer_id", "created_at", "id"),
+    Index(
+        "ix_redemptions_customer_owed",
+        "tenant",
+        "customer_id",
+        "created_at",
+        "id",
+        postgresql_where=text("owed > 0"),
+    ),
+)
+
+# A reversal of (part of) a redemption: its points went back to the redemption's lots,
+# restored, or expired when the lot had expired meanwhile (rewardpoints_reverse).
+reversals = Table(
+    "reversals",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("customer_id", Key(255), primary_key=True),
+    Column("id", Key(255), primary_key=True),
+    Column("redemption_id", Key(255), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("restored_points", BigInteger, nullable=False),
+    Column("expired_points", BigInteger, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    CheckConstraint("points > 0", name="points_positive"),
+    CheckConstraint(
+        "restored_points >= 0 AND expired_points >= 0"
+        " AND restored_points + expired_points = points",
+        name="parts",
+    ),
+    ForeignKeyConstraint(
+        ["tenant", "customer_id", "redemption_id"],
+        ["redemptions.tenant", "redemptions.customer_id", "redemptions.id"],
+        ondelete="CASCADE",
+    ),
+)
+
+# Every entry of every customer, as history lists it (rewardpoints_record): what each write
+# did, the balance it left, who made it and why. ``seq`` orders the entries of one instant.
+journal = Table(
+    "journal",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("customer_id", Key(255), primary_key=True),
+    Column("created_at", UTCDateTime, primary_key=True),
+    Column("seq", BigInteger, Identity(always=True), primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("entry_id", Key(255), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("balance_after", BigInteger, nullable=False),
+    Column("reference_id", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("actor", Text, nullable=True),
+    CheckConstraint("points > 0", name="points_positive"),
+    CheckConstraint(
+        "kind IN ('added', 'chargeback', 'redeemed', 'reversed', 'deducted', 'expired')",
+        name="known_kind",
+    ),
+    ForeignKeyConstraint(
+        ["tenant", "customer_id"], ["accounts.tenant", "accounts.customer_id"], ondelete="CASCADE"
+    ),
 )
 
 # Which redemption drew how many points from which lot: the lot's ``usedWith``.

@@ -187,7 +187,7 @@ class Rewards:
             if key is not None:
                 await self.idempotency.claim_pending(conn, key)
             payload["redemption"] = await self.ledger.redeem_points_in(
-                conn, tenant, customer_id, redemption
+                conn, tenant, customer_id, redemption, actor=customer_id
             )
             return await self.outbox.add(conn, tenant, COUPON_INTENT, payload)
 
@@ -283,7 +283,9 @@ class Rewards:
             problem,
             points,
         )
-        await self.ledger.charge_back(conn, request.tenant, request.customer_id, points)
+        await self.ledger.charge_back(
+            conn, request.tenant, request.customer_id, points, actor=request.customer_id
+        )
         return outcome(charged_back=True)
 
     async def coupons_of(self, tenant: str, customer_id: str) -> list[dict[str, Any]]:
@@ -295,7 +297,13 @@ class Rewards:
             return await self.issuer.issued_to(conn, tenant, customer_id)
 
     async def order_changed(
-        self, tenant: str, customer_id: str, order: Order, site_code: str
+        self,
+        tenant: str,
+        customer_id: str,
+        order: Order,
+        site_code: str,
+        *,
+        actor: str | None = None,
     ) -> AwardedOrder | None:
         """Award a completed order's points once; None when nothing is to be awarded (the
         order is not completed, or the site's reward points are disabled)."""
@@ -316,6 +324,7 @@ class Rewards:
             points,
             order_description(order.order_id),
             site_code,
+            actor=actor,
         )
 
 

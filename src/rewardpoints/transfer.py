@@ -32,7 +32,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import connection
 from .documents import Documents, summary_documents
-from .ledger import DEFAULT_ADD_DESCRIPTION, DEFAULT_REDEEM_DESCRIPTION, NewLot, NewRedemption
+from .ledger import (
+    CHARGEBACK_DESCRIPTION,
+    DEFAULT_ADD_DESCRIPTION,
+    DEFAULT_REDEEM_DESCRIPTION,
+    NewLot,
+    NewRedemption,
+)
 from .progress import Progress
 
 # The longest id and tenant the tables hold (models.Key).
@@ -170,7 +176,28 @@ FROM import_accounts
 ON CONFLICT DO NOTHING
 RETURNING customer_id
 """
-_ANALYZE = "ANALYZE accounts, lots, redemptions, lot_usages"
+# The loaded customers' entries in their history (journal), as migration 0012 filled it for
+# the entries written before it: a lot is "added", or "chargeback" when it is Emporix's refund
+# of a coupon that could not be made; a redemption "redeemed"; each with the balance after it
+# (allPointsAfterCreation), in the order they were written.
+_JOURNAL = """
+INSERT INTO journal (tenant, customer_id, created_at, kind, entry_id, points, balance_after,
+                     reference_id, actor)
+SELECT e.tenant, e.customer_id, e.created_at, e.kind, e.id, e.points, e.balance_after,
+       e.reference_id, 'import'
+  FROM (SELECT l.tenant, l.customer_id, l.created_at,
+               CASE WHEN l.reference_id IS NULL AND l.description = $3
+                    THEN 'chargeback' ELSE 'added' END AS kind,
+               l.id, l.points, l.all_points_after_creation AS balance_after, l.reference_id,
+               0 AS written
+          FROM lots l WHERE l.tenant = $1 AND l.customer_id = ANY($2::text[])
+        UNION ALL
+        SELECT r.tenant, r.customer_id, r.created_at, 'redeemed', r.id, r.points,
+               r.all_points_after_creation, NULL, 1
+          FROM redemptions r WHERE r.tenant = $1 AND r.customer_id = ANY($2::text[])) AS e
+ ORDER BY e.customer_id, e.created_at, e.written, e.id
+"""
+_ANALYZE = "ANALYZE accounts, lots, redemptions, lot_usages, journal"
 
 
 def read_documents(source: IO[bytes]) -> Iterator[Any]:
@@ -484,6 +511,9 @@ async def _loader(
                 for table, columns, rows in tables:
                     if rows:
                         await driver.copy_records_to_table(table, records=rows, columns=columns)
+                if loaded:
+                    names = [c.customer_id for c in loaded]
+                    await driver.execute(_JOURNAL, tenant, names, CHARGEBACK_DESCRIPTION)
             return loaded
 
         yield load

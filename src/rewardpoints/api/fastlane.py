@@ -135,12 +135,14 @@ class FastLane:
     async def _add(self, principal: Principal, customer_id: str, body: Any) -> None:
         assert isinstance(body, AddedPointsIn)
         await self.ledger.add_points(
-            principal.tenant, customer_id, body.to_lot(), DEFAULT_SITE_CODE
+            principal.tenant, customer_id, body.to_lot(), DEFAULT_SITE_CODE, actor=principal.actor
         )
 
     async def _redeem(self, principal: Principal, customer_id: str, body: Any) -> None:
         assert isinstance(body, RedeemedPointsIn)
-        await self.ledger.redeem_points(principal.tenant, customer_id, body.to_redemption())
+        await self.ledger.redeem_points(
+            principal.tenant, customer_id, body.to_redemption(), actor=principal.actor
+        )
 
     async def _write(
         self,

@@ -21,7 +21,8 @@ from .deps import (
     SiteCode,
     ViewPrincipal,
 )
-from .errors import responses
+from .errors import json_response, responses
+from .extension_schemas import DRY_RUN_ANSWER, DryRun, preview_json
 from .idempotency import IdempotencyKey, idempotent
 from .schemas import (
     AddedPointsIn,
@@ -169,7 +170,9 @@ async def create_entry(
     return await idempotent(
         request,
         principal.tenant,
-        lambda: ledger.create_customer(principal.tenant, customer_id, start, siteCode),
+        lambda: ledger.create_customer(
+            principal.tenant, customer_id, start, siteCode, actor=principal.actor
+        ),
         lambda _: _empty(200),
     )
 
@@ -213,6 +216,7 @@ async def get_summary(
     response_class=Response,
     responses={
         201: {"description": "Added; no content."},
+        200: DRY_RUN_ANSWER,
         **responses(400, 401, 403, 409, 413, 422, 500, 503),
     },
 )
@@ -223,13 +227,19 @@ async def add_points(
     ledger: LedgerDep,
     body: Annotated[AddedPointsIn, Body()],
     siteCode: SiteCode = DEFAULT_SITE_CODE,  # noqa: N803
+    dryRun: DryRun = False,  # noqa: N803
     _key: IdempotencyKey = None,
 ) -> Response:
     """Credit a lot; the customer's entry is created when missing."""
+    if dryRun:
+        preview = await ledger.preview_add(principal.tenant, customer_id, body.to_lot(), siteCode)
+        return json_response(200, preview_json(preview))
     return await idempotent(
         request,
         principal.tenant,
-        lambda: ledger.add_points(principal.tenant, customer_id, body.to_lot(), siteCode),
+        lambda: ledger.add_points(
+            principal.tenant, customer_id, body.to_lot(), siteCode, actor=principal.actor
+        ),
         lambda _: _empty(201),
     )
 
@@ -242,6 +252,7 @@ async def add_points(
     response_class=Response,
     responses={
         201: {"description": "Redeemed; no content."},
+        200: DRY_RUN_ANSWER,
         **responses(400, 401, 403, 404, 409, 413, 422, 500, 503),
     },
 )
@@ -251,12 +262,18 @@ async def redeem_points(
     customer_id: CustomerId,
     ledger: LedgerDep,
     body: Annotated[RedeemedPointsIn, Body()],
+    dryRun: DryRun = False,  # noqa: N803
     _key: IdempotencyKey = None,
 ) -> Response:
     """Spend the customer's unexpired lots, oldest first, without generating a coupon."""
+    if dryRun:
+        preview = await ledger.preview_redeem(principal.tenant, customer_id, body.to_redemption())
+        return json_response(200, preview_json(preview))
     return await idempotent(
         request,
         principal.tenant,
-        lambda: ledger.redeem_points(principal.tenant, customer_id, body.to_redemption()),
+        lambda: ledger.redeem_points(
+            principal.tenant, customer_id, body.to_redemption(), actor=principal.actor
+        ),
         lambda _: _empty(201),
     )

@@ -56,6 +56,8 @@ async def order_changed(
     return await idempotent(
         request,
         principal.tenant,
-        lambda: rewards.order_changed(principal.tenant, customer_id, body.to_order(), siteCode),
+        lambda: rewards.order_changed(
+            principal.tenant, customer_id, body.to_order(), siteCode, actor=principal.actor
+        ),
         answer,
     )

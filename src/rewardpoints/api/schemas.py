@@ -96,6 +96,14 @@ Text = Annotated[str, AfterValidator(_no_nul)]
 EntryId = Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)]
 Timestamp = Annotated[datetime, BeforeValidator(_parse_timestamp)]
 Points = Annotated[StrictInt, Field(ge=1, le=MAX_POINTS, description="1 to 2,147,483,647")]
+Reason = Annotated[
+    Text,
+    Field(
+        max_length=1024,
+        description="Why the balance changes; recorded in the customer's history (an extension"
+        " to Emporix's model).",
+    ),
+]
 
 
 class _In(BaseModel):
@@ -121,6 +129,7 @@ class AddedPointsIn(_In):
     usedWith: list[Annotated[Text, Field(max_length=255)]] | None = Field(  # noqa: N815
         default=None, max_length=1000
     )
+    reason: Reason | None = None
 
     def to_lot(self) -> NewLot:
         return NewLot(
@@ -129,6 +138,7 @@ class AddedPointsIn(_In):
             reference_id=self.reference_id,
             description=self.description,
             valid_until=self.validUntil,
+            reason=self.reason,
         )
 
 
@@ -140,9 +150,12 @@ class RedeemedPointsIn(_In):
     points: Points
     createdAt: Timestamp | None = None  # noqa: N815
     allPointsAfterCreation: StrictInt | None = None  # noqa: N815
+    reason: Reason | None = None
 
     def to_redemption(self) -> NewRedemption:
-        return NewRedemption(points=self.points, id=self.id, description=self.description)
+        return NewRedemption(
+            points=self.points, id=self.id, description=self.description, reason=self.reason
+        )
 
 
 class NewCustomerIn(_In):

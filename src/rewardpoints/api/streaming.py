@@ -46,7 +46,7 @@ class StreamedResponse(StreamingResponse):
         content: AsyncIterator[bytes],
         *,
         send_timeout: float,
-        owns: Sequence[AsyncGenerator[bytes, None]] = (),
+        owns: Sequence[AsyncGenerator[object, None]] = (),
     ) -> None:
         super().__init__(content, media_type="application/json")
         self.send_timeout = send_timeout or None

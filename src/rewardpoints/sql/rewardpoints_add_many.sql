@@ -7,7 +7,7 @@
 CREATE OR REPLACE FUNCTION rewardpoints_add_many(
     p_tenants varchar[], p_customers varchar[], p_ids varchar[], p_client_ids boolean[],
     p_references text[], p_descriptions text[], p_points bigint[], p_valid_untils timestamptz[],
-    p_validity_months integer[], p_hashes varchar[]
+    p_validity_months integer[], p_hashes varchar[], p_reasons text[], p_actors text[]
 ) RETURNS TABLE (outcome text, entry_id varchar)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -19,7 +19,8 @@ BEGIN
             outcome := rewardpoints_add_lot(p_tenants[i], p_customers[i], p_ids[i],
                                             p_client_ids[i], p_references[i],
                                             p_descriptions[i], p_points[i], p_valid_untils[i],
-                                            p_validity_months[i], p_hashes[i]);
+                                            p_validity_months[i], p_hashes[i], 'added',
+                                            p_reasons[i], p_actors[i]);
         ELSE
             outcome := 'busy';
         END IF;

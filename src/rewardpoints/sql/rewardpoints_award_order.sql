@@ -7,7 +7,8 @@
 -- awarded: it is answered 'earlier' and brings no account back.
 CREATE OR REPLACE FUNCTION rewardpoints_award_order(
     p_tenant varchar, p_customer varchar, p_order varchar, p_points bigint, p_lot_id varchar,
-    p_description text, p_validity_months integer, p_hash varchar
+    p_description text, p_validity_months integer, p_hash varchar, p_reason text,
+    p_actor text
 ) RETURNS TABLE (outcome text, awarded_points bigint, awarded_lot varchar)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -38,7 +39,8 @@ BEGIN
     IF v_lot IS NOT NULL THEN
         PERFORM rewardpoints_raise_refusal(
             rewardpoints_add_lot(p_tenant, p_customer, v_lot, false, p_order, p_description,
-                                 p_points, NULL, p_validity_months, p_hash));
+                                 p_points, NULL, p_validity_months, p_hash, 'added', p_reason,
+                                 p_actor));
     END IF;
     RETURN QUERY SELECT 'awarded'::text, p_points, v_lot;
 END

@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION rewardpoints_create_customer(
     p_tenant varchar, p_customer varchar, p_start boolean, p_id varchar, p_client_id boolean,
     p_reference text, p_description text, p_points bigint, p_valid_until timestamptz,
-    p_validity_months integer, p_hash varchar
+    p_validity_months integer, p_hash varchar, p_reason text, p_actor text
 ) RETURNS text
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -19,7 +19,7 @@ BEGIN
         PERFORM rewardpoints_raise_refusal(
             rewardpoints_add_lot(p_tenant, p_customer, p_id, p_client_id, p_reference,
                                  p_description, p_points, p_valid_until, p_validity_months,
-                                 p_hash));
+                                 p_hash, 'added', p_reason, p_actor));
     END IF;
     RETURN 'created';
 END

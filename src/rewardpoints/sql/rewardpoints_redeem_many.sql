@@ -5,7 +5,8 @@
 -- service sends again alone.
 CREATE OR REPLACE FUNCTION rewardpoints_redeem_many(
     p_tenants varchar[], p_customers varchar[], p_ids varchar[], p_client_ids boolean[],
-    p_descriptions text[], p_points bigint[], p_hashes varchar[]
+    p_descriptions text[], p_points bigint[], p_hashes varchar[], p_reasons text[],
+    p_actors text[]
 ) RETURNS TABLE (outcome text, available bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -16,7 +17,8 @@ BEGIN
         IF v_apply[i] THEN
             SELECT r.outcome, r.available INTO v_result
               FROM rewardpoints_redeem(p_tenants[i], p_customers[i], p_ids[i], p_client_ids[i],
-                                       p_descriptions[i], p_points[i], p_hashes[i]) AS r;
+                                       p_descriptions[i], p_points[i], p_hashes[i],
+                                       p_reasons[i], p_actors[i]) AS r;
             outcome := v_result.outcome;
             available := v_result.available;
         ELSE
