@@ -231,6 +231,17 @@ async def test_heavy_reads_fall_back_to_the_primary_while_the_replica_is_down(
             assert time.monotonic() < deadline, fresh.headers
             await asyncio.sleep(0.3)
         assert float(fresh.headers["X-Replica-Lag-Seconds"]) <= 10
+        heavy = (
+            "/reward-points/liability",
+            "/reward-points/customer/r0/history",
+            "/reward-points/expiringPoints?before=2999-01-01T00:00:00Z",
+        )
+        on_replica = {}
+        for path in heavy:
+            answer = await client.get(path, headers=headers)
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["X-Read-Source"] == "replica", (path, answer.headers)
+            on_replica[path] = answer.json()
         metrics = await client.get("/metrics")
         lag = [
             line
@@ -270,6 +281,15 @@ async def test_heavy_reads_fall_back_to_the_primary_while_the_replica_is_down(
                 await asyncio.sleep(0.3)
             assert "X-Replica-Lag-Seconds" not in fallback.headers
             assert fallback.content == fresh.content
+            for path in heavy:
+                answer = await client.get(path, headers=headers)
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["X-Read-Source"] == "primary", (path, answer.headers)
+                # The same figures; the liability report states its own moment ("at").
+                read, before = answer.json(), on_replica[path]
+                if isinstance(read, dict):
+                    read, before = read | {"at": None}, before | {"at": None}
+                assert read == before
         finally:
             restarted = await asyncio.to_thread(cluster.run, "up")
             assert restarted.returncode == 0, restarted.stdout + restarted.stderr

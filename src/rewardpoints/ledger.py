@@ -630,8 +630,10 @@ class Ledger:
         kinds: Sequence[str] | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        engine: AsyncEngine | None = None,
     ) -> HistoryPage:
-        """A page of the customer's history, newest first (rewardpoints_history)."""
+        """A page of the customer's history, newest first (rewardpoints_history), read on
+        ``engine`` (a read replica's) or the primary's."""
         params = {
             "tenant": tenant,
             "customer": customer_id,
@@ -644,7 +646,7 @@ class Ledger:
             "since": since,
             "until": until,
         }
-        async with read_transaction(self.engine) as conn:
+        async with read_transaction(engine or self.engine) as conn:
             entries = (await conn.execute(_HISTORY_CALL, params)).all()
             # An empty page may be a customer without an entry.
             if not entries and not (await conn.execute(_ACCOUNT_EXISTS, params)).scalar_one():
@@ -697,11 +699,17 @@ class Ledger:
             return [ExpiringLot(row[0], int(row[1]), row[2]) for row in rows]
 
     async def expiring_customers(
-        self, tenant: str, before: datetime, *, batch: int = 1000
+        self,
+        tenant: str,
+        before: datetime,
+        *,
+        batch: int = 1000,
+        engine: AsyncEngine | None = None,
     ) -> AsyncGenerator[ExpiringCustomer, None]:
         """Every customer of the tenant with points expiring before ``before``, by customer
-        id, read from PostgreSQL ``batch`` rows at a time as they are consumed."""
-        async with read_transaction(self.engine) as conn:
+        id, read from PostgreSQL (``engine``'s, else the primary's) ``batch`` rows at a time
+        as they are consumed."""
+        async with read_transaction(engine or self.engine) as conn:
             result = await conn.stream(
                 _EXPIRING_CUSTOMERS_CALL.execution_options(yield_per=batch),
                 {"tenant": tenant, "before": before},
@@ -709,9 +717,12 @@ class Ledger:
             async for row in result:
                 yield ExpiringCustomer(row[0], int(row[1]), row[2])
 
-    async def liability(self, tenant: str, months: int) -> Liability:
-        """The tenant's finance figures (rewardpoints_liability)."""
-        async with read_transaction(self.engine, snapshot=True) as conn:
+    async def liability(
+        self, tenant: str, months: int, engine: AsyncEngine | None = None
+    ) -> Liability:
+        """The tenant's finance figures (rewardpoints_liability), read on ``engine`` (a read
+        replica's) or the primary's."""
+        async with read_transaction(engine or self.engine, snapshot=True) as conn:
             now: datetime = (await conn.execute(_READ_NOW)).scalar_one()
             rows = (
                 await conn.execute(

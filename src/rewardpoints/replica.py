@@ -1,11 +1,12 @@
 """Where the heavy reads go: a hot standby while it is fresh enough, else the primary.
 
-The heavy reads (summaryBatch: every customer of a tenant, read as of one moment) are the ones
-a standby can take off the primary. Balances, summaries and writes stay on the primary, so a
-client always reads its own writes there. The standby's lag is measured at most once a
-``check_seconds`` (by the first read that needs it; the others wait for that answer) and
-reported in ``/metrics``; a standby that is down, unreachable, promoted away or behind by more
-than ``max_lag_seconds`` sends the reads to the primary until it is back.
+The heavy reads (summaryBatch, the tenant-wide expiring points, the liability report and the
+history pages) are the ones a standby can take off the primary. Balances, summaries and
+writes stay on the primary, so a client always reads its own writes there. The standby's
+lag is measured at most once a ``check_seconds`` (by the first read that needs it; the others
+wait for that answer) and reported in ``/metrics``; a standby that is down, unreachable,
+promoted away or behind by more than ``max_lag_seconds`` sends the reads to the primary until
+it is back.
 """
 
 from __future__ import annotations
@@ -14,12 +15,18 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .db import is_unavailable
+from .errors import DatabaseUnavailable
 from .metrics import REPLICA_LAG
+
+T = TypeVar("T")
 
 log = logging.getLogger("rewardpoints")
 
@@ -48,6 +55,14 @@ class ReadSource:
     def name(self) -> str:
         return "primary" if self.lag_seconds is None else "replica"
 
+    def headers(self) -> dict[str, str]:
+        """Where the read was answered from, and how fresh that is: ``X-Read-Source:
+        replica`` with ``X-Replica-Lag-Seconds``, or ``primary``."""
+        headers = {"X-Read-Source": self.name}
+        if self.lag_seconds is not None:
+            headers["X-Replica-Lag-Seconds"] = f"{self.lag_seconds:.3f}"
+        return headers
+
 
 @dataclass(slots=True)
 class HeavyReads:
@@ -70,6 +85,45 @@ class HeavyReads:
         if lag is not None and lag <= self.max_lag_seconds:
             return ReadSource(self.replica, lag)
         return ReadSource(self.primary)
+
+    async def run(self, read: Callable[[AsyncEngine], Awaitable[T]]) -> tuple[T, ReadSource]:
+        """``read`` on the standby (or the primary), and where it ran; a standby that cannot
+        be reached hands it to the primary at once."""
+        source = await self.source()
+        try:
+            return await read(source.engine), source
+        except Exception as error:
+            if not self._standby_failed(source, error):
+                raise
+        source = self.unavailable()
+        return await read(source.engine), source
+
+    async def stream(
+        self, make: Callable[[AsyncEngine], AsyncGenerator[T, None]]
+    ) -> tuple[AsyncGenerator[T, None], T | None, ReadSource]:
+        """A streamed read started: its generator, its first item (read before answering, so
+        an unreachable database is a 503, not a broken 200) and where it runs. A standby that
+        cannot be reached hands it to the primary at once; the generator is closed if the
+        first item fails."""
+        source = await self.source()
+        items = make(source.engine)
+        try:
+            return items, await anext(items, None), source
+        except Exception as error:
+            await items.aclose()
+            if not self._standby_failed(source, error):
+                raise
+        source = self.unavailable()
+        items = make(source.engine)
+        try:
+            return items, await anext(items, None), source
+        except BaseException:
+            await items.aclose()
+            raise
+
+    def _standby_failed(self, source: ReadSource, error: Exception) -> bool:
+        unreachable = isinstance(error, DatabaseUnavailable) or is_unavailable(error)
+        return source.lag_seconds is not None and unreachable
 
     def unavailable(self) -> ReadSource:
         """The standby failed a read: the primary, for this read and until the next check."""

@@ -174,6 +174,7 @@ def _kinds(values: list[str] | None) -> list[str] | None:
     responses=responses(400, 401, 403, 404, 500, 503),
 )
 async def history(
+    request: Request,
     principal: ViewPrincipal,
     customer_id: CustomerId,
     ledger: LedgerDep,
@@ -195,16 +196,21 @@ async def history(
     """Every entry of the customer, newest first: added, chargeback, redeemed, reversed,
     deducted, and expired (what a lot had left at its `validUntil`, dated then), each with
     the balance after it, who made it (`actor`) and why (`reason`)."""
-    page = await ledger.history(
-        principal.tenant,
-        customer_id,
-        limit=limit,
-        cursor=HistoryCursor.decode(cursor) if cursor is not None else None,
-        kinds=_kinds(kind),
-        since=since,
-        until=until,
+    at = HistoryCursor.decode(cursor) if cursor is not None else None
+    kinds = _kinds(kind)
+    page, source = await request.app.state.heavy_reads.run(
+        lambda engine: ledger.history(
+            principal.tenant,
+            customer_id,
+            limit=limit,
+            cursor=at,
+            kinds=kinds,
+            since=since,
+            until=until,
+            engine=engine,
+        )
     )
-    return json_response(200, history_json(page))
+    return json_response(200, history_json(page), source.headers())
 
 
 @router.get(
@@ -264,15 +270,15 @@ async def expiring_points(
 ) -> Response:
     """Every customer of the tenant with points expiring before `before`, ordered by
     `customerId`, with their total and the earliest `validUntil`: streamed as it is read."""
-    customers = ledger.expiring_customers(principal.tenant, before)
-    try:
-        # Read the first before answering, so an unreachable database is a 503.
-        first = await anext(customers, None)
-    except BaseException:
-        await customers.aclose()
-        raise
+    customers, first, source = await request.app.state.heavy_reads.stream(
+        lambda engine: ledger.expiring_customers(principal.tenant, before, engine=engine)
+    )
     timeout = request.app.state.settings.stream_send_timeout_seconds
-    return StreamedResponse(_json_array(first, customers), send_timeout=timeout, owns=[customers])
+    response = StreamedResponse(
+        _json_array(first, customers), send_timeout=timeout, owns=[customers]
+    )
+    response.headers.update(source.headers())
+    return response
 
 
 async def _json_array(
@@ -302,6 +308,7 @@ async def _json_array(
     responses=responses(400, 401, 403, 500, 503),
 )
 async def liability(
+    request: Request,
     principal: ViewPrincipal,
     ledger: LedgerDep,
     months: Annotated[int, Query(ge=1, le=120, description="Months ahead and behind.")] = 12,
@@ -311,5 +318,7 @@ async def liability(
     and for this month and each of the `months` - 1 before it, the points issued (added and
     charged back), redeemed, reversed, deducted and expired. The sums of the customers'
     histories."""
-    figures = await ledger.liability(principal.tenant, months)
-    return json_response(200, liability_json(figures))
+    figures, source = await request.app.state.heavy_reads.run(
+        lambda engine: ledger.liability(principal.tenant, months, engine)
+    )
+    return json_response(200, liability_json(figures), source.headers())

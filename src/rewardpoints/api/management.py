@@ -8,10 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
-from ..db import is_unavailable
 from ..documents import summary_document, summary_documents
-from ..errors import DatabaseUnavailable, InvalidRequest
-from ..replica import ReadSource
+from ..errors import InvalidRequest
 from .deps import (
     DEFAULT_SITE_CODE,
     CustomerId,
@@ -55,32 +53,12 @@ def _integer(value: int) -> Response:
 async def summary_batch(request: Request, principal: ViewPrincipal, docs: DocumentsDep) -> Response:
     """Every customer of the token's tenant, ordered by `customerId`, streamed as it is read."""
     heavy_reads = request.app.state.heavy_reads
-    source = await heavy_reads.source()
-    documents = summary_documents(docs, principal.tenant, source.engine)
-    # Read the first customer before answering, so an unreachable database is a 503, not a
-    # broken 200; a replica that cannot be reached hands the read to the primary at once.
-    try:
-        first = await anext(documents, None)
-    except Exception as error:
-        unreachable = isinstance(error, DatabaseUnavailable) or is_unavailable(error)
-        if source.lag_seconds is None or not unreachable:
-            raise
-        await documents.aclose()
-        source = heavy_reads.unavailable()
-        documents = summary_documents(docs, principal.tenant, source.engine)
-        first = await anext(documents, None)
+    documents, first, source = await heavy_reads.stream(
+        lambda engine: summary_documents(docs, principal.tenant, engine)
+    )
     response = _streamed(request, _json_array(first, documents), documents)
-    response.headers.update(read_source_headers(source))
+    response.headers.update(source.headers())
     return response
-
-
-def read_source_headers(source: ReadSource) -> dict[str, str]:
-    """Where a heavy read was answered from, and how fresh that is: ``X-Read-Source:
-    replica`` with ``X-Replica-Lag-Seconds``, or ``primary``."""
-    headers = {"X-Read-Source": source.name}
-    if source.lag_seconds is not None:
-        headers["X-Replica-Lag-Seconds"] = f"{source.lag_seconds:.3f}"
-    return headers
 
 
 def _streamed(
