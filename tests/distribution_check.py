@@ -58,7 +58,7 @@ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
 """
 _UNIQUE_KEYS = """
 SELECT t.relname AS "table", i.relname AS "index", ix.indisprimary AS "primary",
-       con.contype AS "constraint",
+       con.contype::text AS "constraint",
        array(SELECT a.attname::text
                FROM unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
                JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum
@@ -101,8 +101,8 @@ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND a.attnum > 0
 """
 _FUNCTIONS = """
 SELECT p.proname AS name, l.lanname AS language, pg_get_functiondef(p.oid) AS definition,
-       p.prosrc AS source, p.provolatile AS volatility,
-       pg_get_function_identity_arguments(p.oid) AS signature,
+       p.prosrc AS source, p.provolatile::text AS volatility,
+       oidvectortypes(p.proargtypes) AS signature,
        COALESCE(p.proargnames, '{}') AS names, COALESCE(p.proargmodes::text[], '{}') AS modes
 FROM pg_proc p
 JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -114,7 +114,7 @@ WHERE n.nspname = current_schema() AND p.prokind = 'f'
 ORDER BY 1
 """
 # The most volatile of each name's overloads, for the functions an UPDATE calls.
-_VOLATILITY = "SELECT proname AS name, max(provolatile) AS volatility FROM pg_proc GROUP BY 1"
+_VOLATILITY = "SELECT proname AS name, max(provolatile::text) AS volatility FROM pg_proc GROUP BY 1"
 
 
 @dataclass(frozen=True, slots=True)
