@@ -205,8 +205,8 @@ async def table_findings(conn: asyncpg.Connection) -> list[str]:
 
     for row in await conn.fetch(_UNIQUE_KEYS):
         table = row["table"]
-        plan = TABLES.get(table)
-        if plan is None or plan.kind is not Kind.DISTRIBUTED:
+        keyed = TABLES.get(table)
+        if keyed is None or keyed.kind is not Kind.DISTRIBUTED:
             continue
         if row["primary"]:
             what = "primary key"
@@ -217,7 +217,7 @@ async def table_findings(conn: asyncpg.Connection) -> list[str]:
         else:
             what = "unique index"
         key = ", ".join(row["columns"])
-        for needed in (plan.column, TENANT):
+        for needed in (keyed.column, TENANT):
             if needed not in row["columns"]:
                 found.append(f"{table}: {what} {row['index']} ({key}) lacks {needed}")
 
@@ -263,11 +263,17 @@ def _statements(function: Function) -> tuple[list[str], list[str], set[str]]:
     tree = pglast.parse_plpgsql(function.definition)
     datums = [next(iter(datum.values())) for datum in tree[0]["PLpgSQL_function"]["datums"]]
     names = {datum["refname"] for datum in datums if "refname" in datum}
-    keys = set(dict(FUNCTIONS[function.name].keys).values()) if function.name in FUNCTIONS else set()
+    keys = (
+        set(dict(FUNCTIONS[function.name].keys).values()) if function.name in FUNCTIONS else set()
+    )
     sql: list[str] = []
     problems: list[str] = []
     for node in _json_nodes(tree):
-        if "dynquery" in node or "PLpgSQL_stmt_dynexecute" in node or "PLpgSQL_stmt_dynfors" in node:
+        if (
+            "dynquery" in node
+            or "PLpgSQL_stmt_dynexecute" in node
+            or "PLpgSQL_stmt_dynfors" in node
+        ):
             problems.append(f"{function.name}: dynamic SQL cannot be checked")
         expression = node.get("PLpgSQL_expr")
         if isinstance(expression, dict):
@@ -344,10 +350,14 @@ class _FunctionCheck:
         while isinstance(node, ast.TypeCast):
             node = node.arg
         if isinstance(node, ast.ParamRef):
-            index = int(node.number) - 1
-            return self.function.arguments[index] if 0 <= index < len(self.function.arguments) else None
-        if isinstance(node, ast.ColumnRef) and len(node.fields) == 1:
-            only = node.fields[0]
+            index = int(node.number or 0) - 1
+            return (
+                self.function.arguments[index]
+                if 0 <= index < len(self.function.arguments)
+                else None
+            )
+        if isinstance(node, ast.ColumnRef) and len(node.fields or ()) == 1:
+            only: Any = (node.fields or ())[0]
             if isinstance(only, ast.String) and only.sval in self.function.arguments:
                 return str(only.sval)
         return None
@@ -357,10 +367,10 @@ class _FunctionCheck:
         while isinstance(node, ast.TypeCast):
             node = node.arg
         if not isinstance(node, ast.ColumnRef) or not all(
-            isinstance(part, ast.String) for part in node.fields
+            isinstance(part, ast.String) for part in node.fields or ()
         ):
             return None
-        parts = [str(part.sval) for part in node.fields]
+        parts = [str(part.sval) for part in node.fields or ()]
         if len(parts) == 2 and parts[0] in scope.relations:
             return parts[0], parts[1]
         if len(parts) == 1 and parts[0] not in self.variables and len(scope.relations) == 1:
@@ -387,8 +397,8 @@ class _FunctionCheck:
             return
         if isinstance(node, ast.FuncCall):
             self.call(node, scopes)
-        for name in type(node).__slots__:
-            self.visit(getattr(node, name), scopes, ctes)
+        for child in _children(node):
+            self.visit(child, scopes, ctes)
 
     def statement(self, node: Any, scopes: list[_Scope], ctes: set[str]) -> None:
         with_clause = getattr(node, "withClause", None)
@@ -401,11 +411,13 @@ class _FunctionCheck:
             self._from(node.fromClause, direct, conditions)
             conditions.extend(_conjuncts(node.whereClause))
         elif isinstance(node, ast.UpdateStmt):
+            assert node.relation is not None
             direct.append(node.relation)
             self._from(node.fromClause, direct, conditions)
             conditions.extend(_conjuncts(node.whereClause))
             scope.update_of = node.relation.relname
         elif isinstance(node, ast.DeleteStmt):
+            assert node.relation is not None
             direct.append(node.relation)
             self._from(node.usingClause, direct, conditions)
             conditions.extend(_conjuncts(node.whereClause))
@@ -442,15 +454,22 @@ class _FunctionCheck:
             if not (
                 isinstance(condition, ast.A_Expr)
                 and condition.kind == pglast.enums.A_Expr_Kind.AEXPR_OP
-                and [str(part.sval) for part in condition.name] == ["="]
+                and [str(part.sval) for part in condition.name or ()] == ["="]
             ):
                 continue
-            for left, right in ((condition.lexpr, condition.rexpr), (condition.rexpr, condition.lexpr)):
+            for left, right in (
+                (condition.lexpr, condition.rexpr),
+                (condition.rexpr, condition.lexpr),
+            ):
                 column = self.column_of(left, scope)
                 argument = self.argument_of(right)
-                if column is not None and column[0] == alias and argument is not None:
-                    if keys.get(column[1]) == argument:
-                        pinned.add(column[1])
+                if (
+                    column is not None
+                    and column[0] == alias
+                    and argument is not None
+                    and keys.get(column[1]) == argument
+                ):
+                    pinned.add(column[1])
         if isinstance(node, ast.InsertStmt) and node.cols is not None:
             columns = [str(target.name) for target in node.cols]
             rows: list[Any] = []
@@ -484,12 +503,14 @@ class _FunctionCheck:
                 assert column is not None
                 argument = keys.get(column)
                 if argument is None:
-                    self.found.append(f"{self.name}: {verb} {table} without an argument for {column}")
+                    self.found.append(
+                        f"{self.name}: {verb} {table} without an argument for {column}"
+                    )
                 elif column not in scope.pinned[alias]:
                     self.found.append(f"{self.name}: {verb} {table} not by {column} = {argument}")
 
     def call(self, node: ast.FuncCall, scopes: list[_Scope]) -> None:
-        callee_name = str(node.funcname[-1].sval)
+        callee_name = str((node.funcname or (ast.String(""),))[-1].sval)
         update_of = scopes[-1].update_of if scopes else None
         if update_of is not None and _kind(update_of) is Kind.DISTRIBUTED:
             volatility = self.volatility.get(callee_name, "i")
@@ -514,9 +535,7 @@ class _FunctionCheck:
             return
         keys = dict(self.plan.keys)
         args = list(node.args or ())
-        named = {
-            str(arg.name): arg.arg for arg in args if isinstance(arg, ast.NamedArgExpr)
-        }
+        named = {str(arg.name): arg.arg for arg in args if isinstance(arg, ast.NamedArgExpr)}
         for column, callee_argument in callee_plan.keys:
             if callee_argument in named:
                 given = named[callee_argument]
@@ -545,7 +564,7 @@ def _conjuncts(node: Any) -> list[Any]:
     if node is None:
         return []
     if isinstance(node, ast.BoolExpr) and node.boolop == pglast.enums.BoolExprType.AND_EXPR:
-        return [item for arg in node.args for item in _conjuncts(arg)]
+        return [item for arg in node.args or () for item in _conjuncts(arg)]
     return [node]
 
 
@@ -555,8 +574,14 @@ def _walk(node: Any) -> Iterator[Any]:
             yield from _walk(item)
     elif isinstance(node, ast.Node):
         yield node
-        for name in type(node).__slots__:
-            yield from _walk(getattr(node, name))
+        for child in _children(node):
+            yield from _walk(child)
+
+
+def _children(node: ast.Node) -> Iterator[Any]:
+    slots: Any = getattr(type(node), "__slots__")  # noqa: B009 - each node's fields
+    for name in slots:
+        yield getattr(node, name)
 
 
 def function_findings(functions: dict[str, Function], volatility: dict[str, str]) -> list[str]:
@@ -587,17 +612,19 @@ def function_findings(functions: dict[str, Function], volatility: dict[str, str]
         if not check.plan.force_delegation:
             continue
         for table in sorted(_reached(name, checks)):
-            plan = TABLES.get(table)
-            if plan is None or plan.kind is Kind.REFERENCE:
+            table_plan = TABLES.get(table)
+            if table_plan is None or table_plan.kind is Kind.REFERENCE:
                 continue
-            if plan.kind is not Kind.DISTRIBUTED or _group(table) != CUSTOMERS:
+            if table_plan.kind is not Kind.DISTRIBUTED or _group(table) != CUSTOMERS:
                 found.append(f"{name}: force-delegated, but reaches {table}")
     return found
 
 
 def _reached(name: str, checks: dict[str, _FunctionCheck]) -> set[str]:
     """The tables a function touches, itself or through the functions it calls."""
-    seen, tables, pending = set(), set(), [name]
+    seen: set[str] = set()
+    tables: set[str] = set()
+    pending = [name]
     while pending:
         current = pending.pop()
         if current in seen or current not in checks:

@@ -172,8 +172,7 @@ BREAKS = {
             )
         ],
         {
-            "rewardpoints_charge_back: SELECT FROM awarded_orders"
-            " without an argument for order_id",
+            "rewardpoints_charge_back: SELECT FROM awarded_orders without an argument for order_id",
             "rewardpoints_charge_back: force-delegated, but reaches awarded_orders",
         },
     ),
