@@ -63,7 +63,7 @@ $$
 _CHARGE_BACK = """
 CREATE OR REPLACE FUNCTION rewardpoints_charge_back(
     p_tenant varchar, p_customer varchar, p_id varchar, p_description text, p_points bigint,
-    p_validity_months integer, p_hash varchar
+    p_validity_months integer, p_hash varchar, p_actor text
 ) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
     {body}
@@ -187,11 +187,11 @@ BREAKS = {
     ),
     "a function left out of the plan": (
         [
-            "CREATE FUNCTION rewardpoints_reverse(p_tenant varchar, p_customer varchar)"
+            "CREATE FUNCTION rewardpoints_rewind(p_tenant varchar, p_customer varchar)"
             " RETURNS void LANGUAGE sql AS"
             " $$ DELETE FROM lots WHERE tenant = p_tenant AND customer_id = p_customer $$"
         ],
-        {"rewardpoints_reverse: not in the distribution plan"},
+        {"rewardpoints_rewind: not in the distribution plan"},
     ),
 }
 

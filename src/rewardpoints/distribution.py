@@ -47,6 +47,9 @@ TABLES: dict[str, TablePlan] = {
     "redemptions": _customer_rows(),
     "lot_usages": _customer_rows(),
     "coupons": _customer_rows(),
+    # A customer's history and the reversals of its redemptions (migration 0012).
+    "journal": _customer_rows(),
+    "reversals": _customer_rows(),
     # An order is awarded once per tenant, whoever the customer: its key is the order's.
     "awarded_orders": TablePlan(Kind.DISTRIBUTED, "order_id"),
     # An Idempotency-Key is the tenant's, not a customer's.
@@ -106,14 +109,32 @@ FUNCTIONS: dict[str, FunctionPlan] = {
     "rewardpoints_lock_account": _one_customer(),
     "rewardpoints_lot_item": _one_customer(),
     "rewardpoints_redeem": _one_customer(),
+    "rewardpoints_available": _one_customer(),
+    "rewardpoints_balance_at": _one_customer(),
+    "rewardpoints_deduct": _one_customer(),
+    "rewardpoints_draw": _one_customer(),
+    "rewardpoints_draw_plan": _one_customer(),
+    "rewardpoints_expiring_lots": _one_customer(),
+    "rewardpoints_history": _one_customer(),
+    "rewardpoints_lapsed_between": _one_customer(),
+    "rewardpoints_preview_add": _one_customer(),
+    "rewardpoints_preview_redeem": _one_customer(),
+    "rewardpoints_record": _one_customer(),
+    "rewardpoints_reverse": _one_customer(),
+    "rewardpoints_reverse_plan": _one_customer(),
     # Reads and writes the order's row, which lives on the order's shard, not the customer's.
     "rewardpoints_award_order": _one_customer(("order_id", "p_order"), force_delegation=False),
     "rewardpoints_add_many": FunctionPlan(Call.SEVERAL_CUSTOMERS),
     "rewardpoints_redeem_many": FunctionPlan(Call.SEVERAL_CUSTOMERS),
     "rewardpoints_lock_accounts": FunctionPlan(Call.SEVERAL_CUSTOMERS),
+    # Tenant-wide reports: multi-shard reads on the coordinator (docs/scaling.md).
+    "rewardpoints_expiring_customers": FunctionPlan(Call.SEVERAL_CUSTOMERS),
+    "rewardpoints_liability": FunctionPlan(Call.SEVERAL_CUSTOMERS),
     "rewardpoints_now": FunctionPlan(Call.NO_TABLE),
     "rewardpoints_read_now": FunctionPlan(Call.NO_TABLE),
     "rewardpoints_raise_refusal": FunctionPlan(Call.NO_TABLE),
+    "rewardpoints_lapsed": FunctionPlan(Call.NO_TABLE),
+    "rewardpoints_valid_until": FunctionPlan(Call.NO_TABLE),
 }
 
 # What the schema must change before the move, each as tests/test_distribution.py words it
@@ -126,7 +147,17 @@ CHANGES_NEEDED: frozenset[str] = frozenset(
         "coupons: primary key pk_coupons (tenant, code) lacks customer_id",
         # Citus refuses a STABLE function with column arguments in an UPDATE of a distributed
         # table: the lot's summary item must be built first, then set.
-        "rewardpoints_redeem: UPDATE lots calls stable rewardpoints_lot_item with columns",
+        # (in the functions that finish a lot: rewardpoints_draw, for every redemption, and
+        # rewardpoints_add_lot, when a lot pays a debt off)
+        "rewardpoints_add_lot: UPDATE lots calls stable rewardpoints_lot_item with columns",
+        "rewardpoints_draw: UPDATE lots calls stable rewardpoints_lot_item with columns",
+        # Reading the lots a redemption drew from, these functions find them through the
+        # redemption's usages: the checker cannot prove the lots' rows are the customer's,
+        # so the lots' own tenant and customer_id must be named in the statement.
+        "rewardpoints_deduct: SELECT FROM lots not by customer_id = p_customer",
+        "rewardpoints_deduct: SELECT FROM lots not by tenant = p_tenant",
+        "rewardpoints_reverse_plan: SELECT FROM lots not by customer_id = p_customer",
+        "rewardpoints_reverse_plan: SELECT FROM lots not by tenant = p_tenant",
     }
 )
 
