@@ -42,6 +42,30 @@ EXTENSIONS: dict[Difference, str] = {
     ("operation", "POST", "/reward-points/customer/{customerId}/orders", ""): (
         "points for a completed order, once per order (docs/api.md)"
     ),
+    **{
+        ("operation", method, f"/reward-points{path}", ""): (
+            "beyond Emporix: reversals, deductions, history, balances in time, expiry and"
+            " liability (docs/api.md)"
+        )
+        for method, path in (
+            ("POST", "/customer/{customerId}/reversePoints"),
+            ("POST", "/customer/{customerId}/deductPoints"),
+            ("GET", "/customer/{customerId}/history"),
+            ("GET", "/customer/{customerId}/balance"),
+            ("GET", "/customer/{customerId}/expiringPoints"),
+            ("GET", "/expiringPoints"),
+            ("GET", "/liability"),
+        )
+    },
+    **{
+        (kind, "POST", f"/reward-points/customer/{{customerId}}/{operation}", detail): reason
+        for operation in ("addPoints", "redeemPoints")
+        for kind, detail, reason in (
+            ("parameter", "query dryRun", "beyond Emporix: a dry run answers 200 (docs/api.md)"),
+            ("success codes", "200,201", "beyond Emporix: 200 is a dry run's answer"),
+            ("request field", "reason", "beyond Emporix: why, kept in the history"),
+        )
+    },
     ("operation", "GET", "/health/live", ""): "liveness for orchestrators (CONTRACT.md section 5)",
     ("operation", "GET", "/health/ready", ""): "readiness for orchestrators (CONTRACT.md §5)",
     # Parameters.
