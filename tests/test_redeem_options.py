@@ -250,6 +250,20 @@ async def test_put_with_a_stale_version_answers_409_and_changes_nothing(
     assert current["points"] == 70
 
 
+@pytest.mark.parametrize("version", [0, -1, 2**63, -(10**25)])
+async def test_put_with_a_version_that_cannot_exist_is_a_400_and_changes_nothing(
+    client: httpx.AsyncClient, tenant: str, headers: Headers, version: int
+) -> None:
+    created = await create(client, tenant, headers, OPTION)
+    url = options_url(tenant, created["id"])
+    answer = await client.put(
+        url, json=option(points=7, metadata={"version": version}), headers=headers
+    )
+    assert answer.status_code == 400, answer.text
+    assert "metadata.version" in answer.text
+    assert [o["points"] for o in await listed(client, tenant, headers)] == [OPTION["points"]]
+
+
 async def test_put_without_a_version_replaces_without_a_check_and_bumps_the_version(
     client: httpx.AsyncClient, tenant: str, headers: Headers
 ) -> None:

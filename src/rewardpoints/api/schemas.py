@@ -338,7 +338,8 @@ class CouponTemplateIn(BaseModel):
 
 
 class RedeemOptionMetadataIn(_In):
-    version: StrictInt | None = None
+    # Versions start at 1 and are stored as bigint: another number can never be current.
+    version: Annotated[StrictInt, Field(ge=1, le=2**63 - 1)] | None = None
 
 
 class RedeemOptionIn(_In):
