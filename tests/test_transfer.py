@@ -529,7 +529,7 @@ def test_an_unknown_file_or_tenant_is_one_line(database_url: str, home: Path) ->
     bad = cli(["export", "--tenant", "Not A Tenant"], database_url, home)
     assert bad.returncode == 2
     assert bad.stderr.decode().strip() == (
-        "rewardpoints: --tenant 'Not A Tenant' is not a tenant: lowercase, 3-16 characters"
+        "rewardpoints: invalid tenant 'Not A Tenant' (--tenant): lowercase, 3-16 characters"
     )
 
 

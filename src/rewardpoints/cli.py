@@ -411,7 +411,7 @@ def _tenant(tenant: str) -> str:
 
     if not is_valid_tenant(tenant):
         fail(
-            f"--tenant {tenant!r} is not a tenant: lowercase, 3-16 characters", CONFIGURATION_ERROR
+            f"invalid tenant {tenant!r} (--tenant): lowercase, 3-16 characters", CONFIGURATION_ERROR
         )
     return tenant
 
@@ -565,7 +565,7 @@ def token(
     ttl: Annotated[int, typer.Option(min=1, help="Lifetime in seconds.")] = 3600,
 ) -> None:
     """Print a token signed with REWARDPOINTS_JWT_SECRET, or the development key."""
-    from .auth import is_valid_tenant, mint_token
+    from .auth import mint_token
 
     settings = load_settings()
     secret = settings.signing_secret()
@@ -575,8 +575,7 @@ def token(
             "none is configured while a public key or JWKS URL is",
             CONFIGURATION_ERROR,
         )
-    if not is_valid_tenant(tenant):
-        fail(f"invalid tenant {tenant!r}: lowercase, 3-16 characters", CONFIGURATION_ERROR)
+    _tenant(tenant)
     print(
         mint_token(
             secret,

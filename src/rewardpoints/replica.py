@@ -105,21 +105,8 @@ class HeavyReads:
         an unreachable database is a 503, not a broken 200) and where it runs. A standby that
         cannot be reached hands it to the primary at once; the generator is closed if the
         first item fails."""
-        source = await self.source()
-        items = make(source.engine)
-        try:
-            return items, await anext(items, None), source
-        except Exception as error:
-            await items.aclose()
-            if not self._standby_failed(source, error):
-                raise
-        source = self.unavailable()
-        items = make(source.engine)
-        try:
-            return items, await anext(items, None), source
-        except BaseException:
-            await items.aclose()
-            raise
+        (items, first), source = await self.run(lambda engine: _started(make(engine)))
+        return items, first, source
 
     def _standby_failed(self, source: ReadSource, error: Exception) -> bool:
         unreachable = isinstance(error, DatabaseUnavailable) or is_unavailable(error)
@@ -152,3 +139,12 @@ class HeavyReads:
     async def dispose(self) -> None:
         if self.replica is not None:
             await self.replica.dispose()
+
+
+async def _started(items: AsyncGenerator[T, None]) -> tuple[AsyncGenerator[T, None], T | None]:
+    """``items`` and its first item; ``items`` closed if that fails."""
+    try:
+        return items, await anext(items, None)
+    except BaseException:
+        await items.aclose()
+        raise
