@@ -21,6 +21,8 @@ request through both and compare the answers.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
 from collections.abc import Callable, Mapping
@@ -57,6 +59,36 @@ _CREATED_START: Message = {
     "headers": [(b"content-length", b"0")],
 }
 _NO_BODY: Message = {"type": "http.response.body", "body": b""}
+
+
+async def _while_connected(receive: Receive, write: Any) -> bool:
+    """Run ``write``; False if its client went away first, and ``write`` was withdrawn.
+
+    A write waits in the process before it is sent (for its turn, or to go again alone after
+    a statement left it undone), and a client that gave up may meanwhile have sent it again
+    and been answered (a 400: too few points). Sent later, the first one would then be
+    applied after the client was told it was not. Withdrawn while it waits, it is never sent
+    (``Coalesced`` drops a request nobody waits for); one already sent completes, as before,
+    and a retry of it finds its id."""
+    task = asyncio.ensure_future(write)
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if task.done():
+        task.result()  # its error, if any
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has gone away (the body has been read whole before)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _send_integer(send: Send, value: int) -> None:
@@ -169,7 +201,8 @@ class FastLane:
             # Malformed JSON, a schema violation: the route's answer, with its details.
             return await self._pass_on(scope, receive, send, messages)
         try:
-            await command(principal, customer_id, parsed)
+            if not await _while_connected(receive, command(principal, customer_id, parsed)):
+                return  # the client went away before the write was sent: nothing was written
         except Exception as error:
             await self._answer_error(scope, receive, send, error)
             return
