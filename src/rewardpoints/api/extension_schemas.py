@@ -8,18 +8,8 @@ from typing import Annotated, Any
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..ledger import (
-    Deduction,
-    ExpiringCustomer,
-    ExpiringLot,
-    HistoryEntry,
-    HistoryPage,
-    Liability,
-    NewDeduction,
-    NewReversal,
-    Preview,
-    Reversal,
-)
+from ..ledger import Deduction, NewDeduction, NewReversal, Preview, Reversal
+from ..reports import ExpiringCustomer, ExpiringLot, HistoryEntry, HistoryPage, Liability
 from .schemas import EntryId, Points, Reason, Text, _In
 
 DryRun = Annotated[

@@ -10,16 +10,11 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request
 from starlette.responses import Response
 
+from .. import reports
 from ..documents import dumps
 from ..errors import InvalidRequest
-from ..ledger import (
-    HISTORY_KINDS,
-    Deduction,
-    ExpiringCustomer,
-    HistoryCursor,
-    Preview,
-    Reversal,
-)
+from ..ledger import Deduction, Preview, Reversal
+from ..reports import HISTORY_KINDS, ExpiringCustomer, HistoryCursor
 from .deps import (
     DEFAULT_SITE_CODE,
     CustomerId,
@@ -199,7 +194,8 @@ async def history(
     at = HistoryCursor.decode(cursor) if cursor is not None else None
     kinds = _kinds(kind)
     page, source = await request.app.state.heavy_reads.run(
-        lambda engine: ledger.history(
+        lambda engine: reports.history(
+            engine,
             principal.tenant,
             customer_id,
             limit=limit,
@@ -207,7 +203,6 @@ async def history(
             kinds=kinds,
             since=since,
             until=until,
-            engine=engine,
         )
     )
     return json_response(200, history_json(page), source.headers())
@@ -229,7 +224,7 @@ async def balance_at(
 ) -> Response:
     """The customer's active points as they stood at `at`: the lots created by then and not
     expired then, less what was redeemed or deducted by then, plus what was reversed by then."""
-    balance, moment = await ledger.balance_at(principal.tenant, customer_id, at)
+    balance, moment = await reports.balance_at(ledger.engine, principal.tenant, customer_id, at)
     body = {"customerId": customer_id, "activePoints": balance, "at": wire_time(moment)}
     return json_response(200, body)
 
@@ -250,7 +245,7 @@ async def customer_expiring_points(
 ) -> Response:
     """The customer's lots with points left that expire before `before`, soonest first, and
     their total."""
-    lots = await ledger.expiring_lots(principal.tenant, customer_id, before)
+    lots = await reports.expiring_lots(ledger.engine, principal.tenant, customer_id, before)
     return json_response(200, expiring_points_json(customer_id, before, lots))
 
 
@@ -271,7 +266,7 @@ async def expiring_points(
     """Every customer of the tenant with points expiring before `before`, ordered by
     `customerId`, with their total and the earliest `validUntil`: streamed as it is read."""
     customers, first, source = await request.app.state.heavy_reads.stream(
-        lambda engine: ledger.expiring_customers(principal.tenant, before, engine=engine)
+        lambda engine: reports.expiring_customers(engine, principal.tenant, before)
     )
     timeout = request.app.state.settings.stream_send_timeout_seconds
     response = StreamedResponse(
@@ -319,6 +314,6 @@ async def liability(
     charged back), redeemed, reversed, deducted and expired. The sums of the customers'
     histories."""
     figures, source = await request.app.state.heavy_reads.run(
-        lambda engine: ledger.liability(principal.tenant, months, engine)
+        lambda engine: reports.liability(engine, principal.tenant, months)
     )
     return json_response(200, liability_json(figures), source.headers())
