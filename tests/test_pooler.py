@@ -49,8 +49,9 @@ def cluster_script() -> ModuleType:
 
 
 @contextlib.contextmanager
-def pgbouncer(server_url: str, pool_size: int = 2) -> Iterator[str]:
-    """PgBouncer in transaction mode in front of the database of ``server_url``; its URL."""
+def pgbouncer(server_url: str, pool_size: int = 2) -> Iterator[tuple[str, Path]]:
+    """PgBouncer in transaction mode in front of the database of ``server_url``: its URL, and
+    its configuration file (to stop it, ``pgbouncer_down``, and start it again)."""
     cluster = cluster_script()
     server = make_url(server_url)
     directory = Path(tempfile.mkdtemp(prefix="rp-pgbouncer-"))
@@ -61,7 +62,7 @@ def pgbouncer(server_url: str, pool_size: int = 2) -> Iterator[str]:
     )
     cluster.pgbouncer_up(ini, port)
     try:
-        yield server.set(port=port, username="postgres").render_as_string(hide_password=False)
+        yield server.set(port=port, username="postgres").render_as_string(hide_password=False), ini
     finally:
         cluster.pgbouncer_down(ini)
         shutil.rmtree(directory, ignore_errors=True)
@@ -70,7 +71,7 @@ def pgbouncer(server_url: str, pool_size: int = 2) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def pooled(pg_server_url: str) -> Iterator[tuple[str, str]]:
     """A fresh database and PgBouncer in front of it: (direct URL, pooled URL)."""
-    with fresh_database(pg_server_url) as direct, pgbouncer(direct) as through:
+    with fresh_database(pg_server_url) as direct, pgbouncer(direct) as (through, _):
         yield direct, through
 
 
@@ -85,6 +86,7 @@ async def instance(url: str, **overrides: Any) -> AsyncIterator[httpx.AsyncClien
         ):
             yield client
     finally:
+        await app.state.ledger.direct.engine.dispose()
         await app.state.ledger.engine.dispose()
 
 
@@ -223,6 +225,73 @@ async def test_without_the_pooler_setting_pgbouncer_refuses_and_the_answer_is_50
         assert added.status_code == 503 and added.json()["status"] == 503
 
 
+async def test_the_one_statement_requests_go_straight_to_the_primary_beside_the_pooler(
+    pooled: tuple[str, str], tenant: str
+) -> None:
+    """With ``REWARDPOINTS_DATABASE_DIRECT_URL`` the balance reads, additions and redemptions
+    run on the primary's own connections (with their prepared statements): they keep working
+    while the pooler is down, when everything else answers 503; the rest goes through the
+    pooler again once it is back, and sees those writes."""
+    direct, _ = pooled
+    cluster = cluster_script()
+    headers = {"Authorization": f"Bearer {token(tenant)}"}
+    base = "/reward-points/customer/c1"
+    with pgbouncer(direct) as (through, ini):
+        async with instance(through, **POOLER, database_direct_url=direct) as client:
+            created = await client.post(base, json={"startPoints": {"points": 50}}, headers=headers)
+            assert created.status_code == 200, created.text
+            cluster.pgbouncer_down(ini)
+            added = await client.post(
+                f"{base}/addPoints", json={"points": 30, "id": "a1"}, headers=headers
+            )
+            assert added.status_code == 201, added.text
+            spent = await client.post(
+                f"{base}/redeemPoints", json={"points": 20, "id": "r1"}, headers=headers
+            )
+            assert spent.status_code == 201, spent.text
+            balance = await client.get(base, headers=headers)
+            assert balance.status_code == 200 and balance.json() == 60, balance.text
+            # What goes through the pooler waits for it, as a 503 to retry.
+            for path in (f"{base}/summary", "/health/ready"):
+                answer = await client.get(path, headers=headers)
+                assert answer.status_code == 503, answer.text
+                assert answer.headers.get("Retry-After")
+            port = make_url(through).port
+            assert port is not None
+            cluster.pgbouncer_up(ini, port)
+            summary = await client.get(f"{base}/summary", headers=headers)
+            assert summary.status_code == 200, summary.text
+            lots = summary.json()["summary"]["addedPointsList"]
+            assert sorted(lot["points"] for lot in lots) == [30, 50]
+            assert [r["id"] for r in summary.json()["summary"]["redeemedPointsList"]] == ["r1"]
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 200, ready.text
+
+
+async def test_the_primary_beside_the_pooler_unreachable_is_a_503(
+    pooled: tuple[str, str], tenant: str
+) -> None:
+    """A direct URL that answers nothing: the requests that use it, and readiness, are 503s
+    with Retry-After, never 500s."""
+    _, through = pooled
+    headers = {"Authorization": f"Bearer {token(tenant)}"}
+    nowhere = make_url(through).set(port=free_port()).render_as_string(hide_password=False)
+    async with instance(through, **POOLER, database_direct_url=nowhere) as client:
+        answers = [
+            await client.get("/reward-points/customer/c1", headers=headers),
+            await client.post(
+                "/reward-points/customer/c1/addPoints", json={"points": 1}, headers=headers
+            ),
+            await client.post(
+                "/reward-points/customer/c1/redeemPoints", json={"points": 1}, headers=headers
+            ),
+            await client.get("/health/ready"),
+        ]
+        for answer in answers:
+            assert answer.status_code == 503, answer.text
+            assert answer.headers.get("Retry-After")
+
+
 def test_migrations_run_through_pgbouncer(pg_server_url: str, tmp_path: Path) -> None:
     """`rewardpoints migrate` with the pooler setting builds the schema through PgBouncer."""
     from .test_cli import COMMAND, clean_env, head_revision, schema_version
@@ -233,7 +302,7 @@ def test_migrations_run_through_pgbouncer(pg_server_url: str, tmp_path: Path) ->
     asyncio.run(_execute(admin, f'CREATE DATABASE "{name}"'))
     direct = server.set(database=name).render_as_string(hide_password=False)
     try:
-        with pgbouncer(direct) as through:
+        with pgbouncer(direct) as (through, _):
             env = clean_env(
                 tmp_path,
                 REWARDPOINTS_DATABASE_URL=through,

@@ -83,11 +83,18 @@ def create_app(
     instead of its own clock (db.create_engine), for every time the service records."""
     settings = settings or Settings()
     engine = create_engine(settings, clock=clock)
+    # The one-statement requests' own connections to the primary, beside a pooler.
+    direct_engine = (
+        create_engine(settings, clock=clock, url=settings.database_direct_url, through_pooler=False)
+        if settings.database_direct_url
+        else None
+    )
     ledger = Ledger(
         engine,
         settings.sites(),
         lock_timeout_seconds=settings.lock_timeout_ms / 1000,
         write_statements=settings.write_statements,
+        direct_engine=direct_engine,
     )
     documents = Documents.configured(engine, settings)
     heavy_reads = HeavyReads(
@@ -124,6 +131,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await heavy_reads.dispose()
+            if direct_engine is not None:
+                await direct_engine.dispose()
             await engine.dispose()
 
     app = RewardPointsApp(
@@ -181,6 +190,8 @@ def create_app(
     if settings.metrics_enabled:
         app.measured = True
         count_pool_connections(engine)
+        if direct_engine is not None:
+            count_pool_connections(direct_engine)
     app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     logging.getLogger("rewardpoints").setLevel(logging.INFO)
     return app

@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     # no session settings sent at connect, no named prepared statements (db.py). The two
     # timeouts above are then the database role's own (docs/scaling.md).
     database_pooler: Literal["none", "transaction"] = "none"
+    # The primary itself, beside a pooler: the one-statement requests (balances, additions and
+    # redemptions, direct.py) then go straight to it, with their prepared statements, and skip
+    # the pooler's hop; at most database_pool_size connections per process. Everything else
+    # keeps going through database_url.
+    database_direct_url: str | None = None
     # A hot standby for the heavy reads (summaryBatch): used while it lags the primary by at
     # most read_replica_max_lag_seconds, else those reads go to the primary (replica.py).
     read_replica_url: str | None = None
@@ -140,7 +145,7 @@ class Settings(BaseSettings):
     # origins, comma-separated, or `*` for any; empty: no CORS headers at all.
     cors_origins: str = ""
 
-    @field_validator("database_url", "read_replica_url")
+    @field_validator("database_url", "database_direct_url", "read_replica_url")
     @classmethod
     def _url_or_embedded(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":

@@ -78,12 +78,19 @@ async def pause_before_retry(attempt: int) -> None:
 
 
 def create_engine(
-    settings: Settings, *, clock: Clock | None = None, url: str | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    url: str | None = None,
+    through_pooler: bool | None = None,
 ) -> AsyncEngine:
-    """The service's engine (of ``url``, else the database's). ``clock`` is for tests only:
-    the database functions read their time from it instead of the database's clock (see
-    ``_set_clock_at_checkout``)."""
+    """The service's engine (of ``url``, else the database's), through the configured pooler
+    unless ``through_pooler`` says otherwise (the primary itself beside it). ``clock`` is for
+    tests only: the database functions read their time from it instead of the database's clock
+    (see ``_set_clock_at_checkout``)."""
     url = url or settings.database_url
+    if through_pooler is None:
+        through_pooler = settings.database_pooler == "transaction"
     if url is None:
         raise ValueError("no database URL: the embedded cluster provides one (cli.py)")
     engine = create_async_engine(
@@ -91,10 +98,10 @@ def create_engine(
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
         pool_timeout=settings.database_pool_timeout_seconds,
-        connect_args=connect_args(settings),
+        connect_args=connect_args(settings, through_pooler=through_pooler),
     )
     _replace_closed_connections(engine)
-    if settings.database_pooler == "transaction":
+    if through_pooler:
         _THROUGH_POOLER.add(engine.sync_engine)
     if clock is not None:
         _set_clock_at_checkout(engine, clock)
@@ -105,7 +112,7 @@ def create_engine(
 _THROUGH_POOLER: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
-def connect_args(settings: Settings) -> dict[str, Any]:
+def connect_args(settings: Settings, *, through_pooler: bool | None = None) -> dict[str, Any]:
     """How each connection is opened.
 
     Directly, the session is the service's own: its timeouts are set at connect. Through a
@@ -119,7 +126,9 @@ def connect_args(settings: Settings) -> dict[str, Any]:
     transaction, so both hold through the pooler.
     """
     application = {"application_name": "rewardpoints"}
-    if settings.database_pooler == "transaction":
+    if through_pooler is None:
+        through_pooler = settings.database_pooler == "transaction"
+    if through_pooler:
         return {
             "timeout": 5,
             "command_timeout": 60,

@@ -151,13 +151,15 @@ class Ledger:
         *,
         lock_timeout_seconds: float = 5.0,
         write_statements: int = 2,
+        direct_engine: AsyncEngine | None = None,
     ) -> None:
         self.engine = engine
         self.sites = sites
-        # Balances, additions and redemptions go straight to the driver (direct.py); those
-        # waiting at the same moment go together: the balances as one statement, the
+        # Balances, additions and redemptions go straight to the driver (direct.py), on
+        # direct_engine's connections when there is one (the primary itself, beside a pooler);
+        # those waiting at the same moment go together: the balances as one statement, the
         # redemptions, and the additions, each kind in one transaction (rewardpoints_*_many).
-        self.direct = Direct(engine, lock_timeout_seconds)
+        self.direct = Direct(direct_engine or engine, lock_timeout_seconds)
         self.balances: Coalesced[tuple[str, str], int | None] = Coalesced(
             self._one_balance, self._many_balances
         )

@@ -43,8 +43,10 @@ async def live() -> Response:
 async def ready(request: Request) -> Response:
     ledger: Ledger = request.app.state.ledger
     try:
-        async with ledger.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        # The database, and the primary's own connections beside a pooler when configured.
+        for engine in dict.fromkeys((ledger.engine, ledger.direct.engine)):
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
     except Exception as error:  # noqa: BLE001 - whatever the database's failure: not ready
         level = logging.WARNING if is_unavailable(error) else logging.ERROR
         log.log(level, "not ready: the database failed: %s", error, exc_info=level >= logging.ERROR)
