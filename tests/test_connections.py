@@ -347,3 +347,46 @@ async def test_a_client_that_sends_fast_is_closed_after_the_lingering_bytes(
     # What the two sockets' buffers hold besides: far less than the declared body.
     assert written < 64 * 1024 * 1024, written
     assert took < LINGERING_SECONDS, took
+
+
+# ---- answers in one piece --------------------------------------------------------------------
+
+
+def _segments_received(sock: socket.socket) -> int:
+    """TCP segments this socket has received (Linux's tcp_info.tcpi_segs_in)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return int.from_bytes(info[140:144], "little")
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /reward-points/customer/nobody", b"GET /health/live"],
+    ids=["an error answer", "a small answer"],
+)
+def test_an_answer_leaves_in_one_segment(server: ServerProcess, request_line: bytes) -> None:
+    """An answer's status line, headers and body are sent as one write, so the client (or the
+    balancer in front) receives and wakes up once per answer, not once for the head and again
+    for the body: 20 requests one after another on one connection, about 20 segments back."""
+    headers = f"Host: rp\r\nAuthorization: Bearer {token('t1')}\r\n\r\n".encode()
+    with socket.create_connection(_address(server), timeout=10) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        before = _segments_received(sock)
+        for _ in range(REPEATS):
+            sock.sendall(request_line + b" HTTP/1.1\r\n" + headers)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                answer += sock.recv(65536)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    line.split(b":", 1)[1]
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+            )
+            while len(body) < length:
+                body += sock.recv(65536)
+            assert len(body) == length and body
+        received = _segments_received(sock) - before
+    # One per answer; a few more for an acknowledgement the server sent on its own.
+    assert received <= REPEATS + 3, received

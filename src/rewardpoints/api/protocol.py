@@ -247,22 +247,59 @@ class HttpProtocol(HttpToolsProtocol):
         self.socket_transport.close()
 
 
+# Writes up to this size wait for the end of the event loop's turn (_GracefulTransport.write).
+SMALL_WRITE = 16 * 1024
+
+
 class _GracefulTransport(asyncio.Transport):
     """The socket's transport as uvicorn's protocol and request cycles see it: the same but
-    for ``close()``, which is the protocol's ``close_gracefully()``."""
+    for ``close()``, which is the protocol's ``close_gracefully()``, and for small writes,
+    which leave together at the end of the event loop's turn.
+
+    uvicorn writes an answer's status line and headers, then its body, as two writes: two
+    system calls, two segments for the client (or the balancer) to receive and wake up for.
+    Held until the end of the turn, the head and body of an answer made in one go (every
+    answer but a streamed one) leave as one write, and so do the answers of requests a client
+    sent together. A large write is not held or copied: what is held goes first, then it.
+    """
 
     def __init__(self, transport: asyncio.Transport, protocol: HttpProtocol) -> None:
         super().__init__()
         self._transport = transport
         self._protocol = protocol
+        self._held: list[bytes | bytearray | memoryview[Any]] = []
+        self._held_bytes = 0
+
+    def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
+        size = len(data)
+        if size > SMALL_WRITE or self._held_bytes + size > SMALL_WRITE:
+            self.flush()
+            self._transport.write(data)
+            return
+        if not self._held:
+            self._protocol.loop.call_soon(self.flush)
+        self._held.append(data)
+        self._held_bytes += size
+
+    def flush(self) -> None:
+        """Write what is held now."""
+        if self._held:
+            held = self._held
+            self._held = []
+            self._held_bytes = 0
+            if not self._transport.is_closing():  # else the connection is gone, and its bytes
+                self._transport.write(held[0] if len(held) == 1 else b"".join(held))
 
     def close(self) -> None:
+        self.flush()
         self._protocol.close_gracefully()
 
     def is_closing(self) -> bool:
         return self._protocol.lingering or self._transport.is_closing()
 
     def abort(self) -> None:
+        self._held = []
+        self._held_bytes = 0
         self._transport.abort()
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -287,15 +324,13 @@ class _GracefulTransport(asyncio.Transport):
         self._transport.set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size()
+        return self._held_bytes + self._transport.get_write_buffer_size()
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
 
-    def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
-        self._transport.write(data)
-
     def write_eof(self) -> None:
+        self.flush()
         self._transport.write_eof()
 
     def can_write_eof(self) -> bool:
