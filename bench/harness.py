@@ -59,8 +59,16 @@ SCALES: dict[str, dict[str, int]] = {
 
 ALL_PARTS = (
     *("pgbench", "bare", "balance", "add", "redeem", "hot", "history", "batch", "transfer"),
-    *("scale", "journal"),
+    *("scale", "journal", "size"),
 )
+
+# Part "size" (bench/size.sql): the tenant of its customers, their open lots, and how many
+# calls of each kind are timed on one kept-alive connection (after SIZE_WARMUP_CALLS).
+SIZE_TENANT = "benchsize"
+SIZE_CUSTOMERS = (("size-1", 1), ("size-1k", 1_000), ("size-100k", 100_000))
+SIZE_BUILD_CUSTOMERS = (("build-1", 1), ("build-100k", 100_000))
+SIZE_CALLS = 60
+SIZE_WARMUP_CALLS = 5
 
 
 def _env_int(name: str, default: int) -> int:
@@ -1121,6 +1129,189 @@ def run_long_summary(config: Config, workdir: Path, token: str) -> dict[str, Any
     }
 
 
+# ---- a write's cost by the size of the customer's history -------------------------------
+
+
+def _timed_call(conn: http.client.HTTPConnection, method: str, path: str, token: str) -> float:
+    """One request on a kept-alive connection, read to its end; its latency in ms."""
+    headers = {"Authorization": f"Bearer {token}"}
+    body = None
+    if method == "POST":
+        headers["Content-Type"] = "application/json"
+        body = (
+            '{"points":10,"description":"bench"}'
+            if path.endswith("/addPoints")
+            else ('{"points":1,"description":"bench"}')
+        )
+    started = time.perf_counter()
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    answer = response.read()
+    elapsed = (time.perf_counter() - started) * 1000
+    if response.status not in (200, 201):
+        raise RuntimeError(f"{method} {path} answered {response.status}: {answer[:300]!r}")
+    return elapsed
+
+
+def run_size(config: Config, workdir: Path) -> dict[str, Any]:
+    """What a customer's history costs its writes: addPoints, redeemPoints and GET balance, one
+    call at a time on one kept-alive connection, for customers with 1, 1,000 and 100,000 open
+    lots (the kinds and customers taken in turn, so all share the machine's moments); then
+    addPoints on 32 connections on one customer with 100,000 lots and on one with 1."""
+    started = time.perf_counter()
+    argv = ["psql", "-X", "-q", "-o", "/dev/null", "-d", config.database, "-v"]
+    seed = subprocess.run(
+        [*argv, f"tenant={SIZE_TENANT}", "-f", str(BENCH_DIR / "size.sql")],
+        env=pg_env(config),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if seed.returncode != 0:
+        raise RuntimeError(f"seeding part size failed:\n{seed.stderr}")
+    psql(config, config.database, "VACUUM (ANALYZE) accounts, lots, journal")
+    log(f"part size: customers seeded in {time.perf_counter() - started:.1f} s")
+    token = mint(SIZE_TENANT)
+    kinds = (
+        ("add", "POST", "/reward-points/customer/{}/addPoints"),
+        ("redeem", "POST", "/reward-points/customer/{}/redeemPoints"),
+        ("balance", "GET", "/reward-points/customer/{}"),
+    )
+    latencies: dict[str, dict[str, list[float]]] = {
+        kind: {customer: [] for customer, _ in SIZE_CUSTOMERS} for kind, _, _ in kinds
+    }
+    build: dict[str, Result] = {}
+    with running(start_service(config, workdir)) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=config.timeout)
+        try:
+            for call in range(SIZE_WARMUP_CALLS + SIZE_CALLS):
+                for kind, method, path in kinds:
+                    for customer, _ in SIZE_CUSTOMERS:
+                        ms = _timed_call(conn, method, path.format(customer), token)
+                        if call >= SIZE_WARMUP_CALLS:
+                            latencies[kind][customer].append(ms)
+        finally:
+            conn.close()
+        for kind, _, _ in kinds:
+            log(
+                f"part size, {kind}: median "
+                + ", ".join(
+                    f"{customer} {statistics.median(values):.2f} ms"
+                    for customer, values in latencies[kind].items()
+                )
+            )
+        server.settle()
+        for customer, lots in SIZE_BUILD_CUSTOMERS:
+            scenario = Scenario(
+                f"size_build_{customer.removeprefix('build-')}",
+                f"addPoints (one customer with {_lots(lots) if lots > 1 else '1'} "
+                f"lot{'s' if lots > 1 else ''} at the start)",
+                "fixed",
+                f"/reward-points/customer/{customer}/addPoints",
+                "POST",
+                '{"points":10,"description":"bench"}',
+                hot=True,
+            )
+            build[scenario.key] = measure(config, server, scenario, token, True)
+    lots_after = {
+        customer: int(
+            psql(
+                config,
+                config.database,
+                f"SELECT count(*) FROM lots WHERE tenant = '{SIZE_TENANT}'"
+                f" AND customer_id = '{customer}'",
+            )
+        )
+        for customer, _ in SIZE_BUILD_CUSTOMERS
+    }
+    return {
+        "calls": SIZE_CALLS,
+        "lots": dict(SIZE_CUSTOMERS),
+        "latency_ms": latencies,
+        "median_ms": {
+            kind: {customer: statistics.median(values) for customer, values in by.items()}
+            for kind, by in latencies.items()
+        },
+        "build_lots_after": lots_after,
+        "build": build,
+    }
+
+
+def size_rows(size: dict[str, Any], results: dict[str, Result]) -> list[dict[str, str]]:
+    """The latency table by history size, and addPoints on one customer on 32 connections."""
+    rows: list[dict[str, str]] = []
+    titles = {"add": "addPoints", "redeem": "redeemPoints", "balance": "GET balance"}
+    for kind, medians in size["median_ms"].items():
+        reference = medians["size-1"]
+        for customer, lots in size["lots"].items():
+            values = sorted(size["latency_ms"][kind][customer])
+            ratio = medians[customer] / reference
+            targeted = kind != "balance" and lots == 100_000
+            if lots == 1:
+                compared, cells = "—", ("—", "—", "baseline")
+            else:
+                compared = f"p50 of 1 open lot ({_ms(reference)})"
+                cells = (
+                    f"{ratio:.2f}",
+                    "≤ 1.50" if targeted else "—",
+                    _verdict(ratio <= 1.5) if targeted else "reference",
+                )
+            rows.append(
+                _row(
+                    f"{titles[kind]}, {lots:,} open lot{'s' if lots > 1 else ''}"
+                    f" ({size['calls']} calls, one connection)",
+                    "1",
+                    "—",
+                    _ms(medians[customer]),
+                    _ms(percentile(values, 99)),
+                    "0",
+                    compared,
+                    *cells,
+                )
+            )
+    small, large = results.get("size_build_1"), results.get("size_build_100k")
+    if small and large and small.rate and large.rate:
+        for r in (small, large):
+            errors = f"{r.errors:,}" + (f" ({r.error_share:.1%})" if r.errors else "")
+            against, ratio, target, verdict = "—", "—", "—", "baseline"
+            if r is large:
+                against = f"1 lot at the start ({small.rate:,.0f} rps)"
+                ratio = f"{large.rate / small.rate:.2f}"
+                target, verdict = "≥ 0.80", _verdict(large.rate / small.rate >= 0.8)
+                if r.requests == 0 or r.error_share > 0.01:
+                    verdict = "ERR (>1 % failed)"
+            rows.append(
+                _row(
+                    r.title,
+                    str(r.connections),
+                    f"{r.rate:,.0f} rps",
+                    _ms(r.p50_ms),
+                    _ms(r.p99_ms),
+                    errors,
+                    against,
+                    ratio,
+                    target,
+                    verdict,
+                )
+            )
+        hot = results.get("hot")
+        rows.append(
+            _row(
+                "… 100,000 lots more at that rate",
+                str(large.connections),
+                f"{100_000 / large.rate:.0f} s",
+                "—",
+                "—",
+                "—",
+                f"redeemPoints, hot customer ({hot.rate:,.0f} rps)" if hot and hot.rate else "—",
+                f"{large.rate / hot.rate:.2f}" if hot and hot.rate else "—",
+                "—",
+                "reference",
+            )
+        )
+    return rows
+
+
 # ---- checks of the seeded data through the service ----------------------------------------
 
 
@@ -1282,7 +1473,7 @@ def run(config: Config) -> dict[str, Any]:
     listed = scenarios(config)
     service_parts = {
         *("balance", "add", "redeem", "hot", "history", "batch", "transfer", "scale"),
-        "journal",
+        *("journal", "size"),
     }
 
     if service_parts & set(config.parts):
@@ -1377,6 +1568,11 @@ def run(config: Config) -> dict[str, Any]:
 
     if "scale" in config.parts:
         for key, result in run_scale(config, workdir, listed, token).items():
+            results[key] = result
+
+    if "size" in config.parts:
+        batch["size"] = run_size(config, workdir)
+        for key, result in batch["size"].pop("build").items():
             results[key] = result
 
     report["machine"]["load_average_after"] = os.getloadavg()
@@ -1655,6 +1851,9 @@ def table_rows(results: dict[str, Result], batch: dict[str, Any]) -> list[dict[s
                 _verdict(transfer["identical"]),
             )
         )
+    size = batch.get("size")
+    if size:
+        rows += size_rows(size, results)
     if mid and big:
         growth = big["peak_mib"] / mid["peak_mib"]
         rows.append(

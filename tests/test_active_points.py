@@ -1,6 +1,7 @@
 """The active points each write stores on the account (migration 0006): after every kind of
 write they are what the lots add up to, the window they hold for ends no later than the first
-expiry among them, and a balance on PostgreSQL reads them inside that window only."""
+expiry among them, and a balance reads them, less the lots that expired since (migration
+0013)."""
 
 from __future__ import annotations
 
@@ -111,9 +112,11 @@ async def test_a_balance_counts_expiry_and_a_clock_set_back_whatever_was_stored(
     assert await ledger.balance(tenant, "c") == 0
 
 
-async def test_a_balance_on_postgresql_reads_the_stored_points_inside_their_window_only(
+async def test_a_balance_reads_the_stored_points_less_what_expired_since_their_write(
     pg_url: str, clock: FakeClock, tenant: str
 ) -> None:
+    """The stored points are the balance: inside their window as they are, past it less the
+    lots that expired since (read alone), before their write or with none stored the lots."""
     settings = make_settings(pg_url)
     ledger = Ledger(create_engine(settings, clock=clock), settings.sites())
     try:
@@ -129,6 +132,16 @@ async def test_a_balance_on_postgresql_reads_the_stored_points_inside_their_wind
             )
         assert await ledger.balance(tenant, "c") == 12345  # the stored points, not the lots
         clock.advance(hours=2)
-        assert await ledger.balance(tenant, "c") == 20  # past the window: the lots
+        assert await ledger.balance(tenant, "c") == 12345 - 10  # less the lot that expired
+        clock.advance(days=-1)
+        assert await ledger.balance(tenant, "c") == 30  # before the write: the lots
+        clock.advance(days=1)
+        async with ledger.engine.begin() as conn:
+            await conn.execute(
+                update(accounts)
+                .where(accounts.c.tenant == tenant, accounts.c.customer_id == "c")
+                .values(active_points=None)
+            )
+        assert await ledger.balance(tenant, "c") == 20  # none stored: the lots
     finally:
         await ledger.engine.dispose()

@@ -2,8 +2,9 @@
 ``used_up`` flag, the ledger reads and spends them after the upgrade, and the revision can be
 undone and redone; revision 0007's index is built (again, over what an interrupted build left),
 undone and redone; revision 0010 moves the entries to ids per customer; revision 0012 fills the
-journal from the entries written before; and a migrated database's functions are the package's
-sources (src/rewardpoints/sql/)."""
+journal from the entries written before; revision 0013 marks the lots that had expired at their
+customer's last write; and a migrated database's functions are the package's sources
+(src/rewardpoints/sql/)."""
 
 from __future__ import annotations
 
@@ -478,3 +479,96 @@ def test_revision_0012_fills_the_journal_from_the_entries_and_can_be_undone(
     command.upgrade(config, "head")
     # Filled again from the four lots and the three redemptions.
     assert asyncio.run(_rows(empty_url, "SELECT count(*) FROM journal"))[0][0] == 7
+
+
+# ---- revision 0013: the lots expired by their customer's last write are marked ------------
+
+
+async def _run(url: str, *statements: str) -> list[tuple[Any, ...]]:
+    """The statements in one transaction; the rows of the last."""
+    engine = _engine(url)
+    try:
+        async with engine.begin() as conn:
+            rows: list[tuple[Any, ...]] = []
+            for statement in statements:
+                result = await conn.execute(text(statement))
+                rows = [tuple(row) for row in result] if result.returns_rows else []
+            return rows
+    finally:
+        await engine.dispose()
+
+
+def _at(hours: int) -> str:
+    return f"SELECT set_config('rewardpoints.now', '2031-01-01T{hours:02d}:00:00+00', false)"
+
+
+_FLAGS = "SELECT id, expired FROM lots ORDER BY id"
+_OPEN_INDEX = "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_lots_customer_open'"
+
+
+def test_revision_0013_marks_the_lots_expired_at_the_last_write_and_can_be_undone(
+    empty_url: str,
+) -> None:
+    config = _alembic(empty_url)
+    command.upgrade(config, "0012")
+    asyncio.run(
+        _run(
+            empty_url,
+            _at(0),
+            "SELECT rewardpoints_add('t', 'c', 'e1', true, NULL, 'x', 10,"
+            " '2031-01-01T01:00:00+00', 36, 'h1', NULL, NULL)",
+            "SELECT rewardpoints_add('t', 'c', 'e2', true, NULL, 'x', 10,"
+            " '2031-01-01T03:00:00+00', 36, 'h2', NULL, NULL)",
+            "SELECT rewardpoints_add('t', 'c', 'o1', true, NULL, 'x', 20, NULL, 36, 'h3', NULL,"
+            " NULL)",
+            "SELECT rewardpoints_redeem('t', 'c', 'r1', true, 'y', 3, 'h4', NULL, NULL)",
+            _at(2),  # e1 expires before this write, with 7 points left; e2 after it
+            "SELECT rewardpoints_add('t', 'c', 'o2', true, NULL, 'x', 1, NULL, 36, 'h5', NULL,"
+            " NULL)",
+        )
+    )
+
+    command.upgrade(config, "head")
+    assert asyncio.run(_rows(empty_url, _FLAGS)) == [
+        ("e1", True),
+        ("e2", False),
+        ("o1", False),
+        ("o2", False),
+    ]
+    assert "NOT expired" in asyncio.run(_rows(empty_url, _OPEN_INDEX))[0][0]
+    # The next write, after e2's validUntil, takes e2's points off and marks it; it draws
+    # from o1, the oldest lot still valid.
+    redeemed = asyncio.run(
+        _run(
+            empty_url,
+            _at(4),
+            "SELECT outcome, available FROM rewardpoints_redeem('t', 'c', 'r2', true, 'y', 5,"
+            " 'h6', NULL, NULL)",
+        )
+    )
+    assert redeemed == [("redeemed", 16)]
+    assert asyncio.run(_rows(empty_url, _FLAGS))[1] == ("e2", True)
+    assert asyncio.run(
+        _rows(empty_url, "SELECT lot_id FROM lot_usages WHERE redemption_id = 'r2'")
+    ) == [("o1",)]
+
+    command.downgrade(config, "0012")
+    assert not asyncio.run(_has_column(empty_url, "expired"))
+    assert "expired" not in asyncio.run(_rows(empty_url, _OPEN_INDEX))[0][0]
+    # Revision 0012's functions sum the lots again.
+    redeemed = asyncio.run(
+        _run(
+            empty_url,
+            _at(5),
+            "SELECT outcome, available FROM rewardpoints_redeem('t', 'c', 'r3', true, 'y', 1,"
+            " 'h7', NULL, NULL)",
+        )
+    )
+    assert redeemed == [("redeemed", 15)]
+    command.upgrade(config, "head")
+    assert asyncio.run(_rows(empty_url, _FLAGS)) == [
+        ("e1", True),
+        ("e2", True),
+        ("o1", False),
+        ("o2", False),
+    ]

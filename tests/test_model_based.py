@@ -1,7 +1,8 @@
 """Model-based test of the ledger: hypothesis drives the real API (the ASGI app on the real,
 migrated databases) with random sequences of adds, redemptions, deductions, reversals, retries,
-entry creation and deletion, reads and clock jumps, for two tenants sharing customer ids, and
-compares every answer with the pure-Python model in ``ledger_model.py``. After every step the
+entry creation and deletion, reads and clock jumps, and a customer with a long history whose
+lots expire between its writes, for two tenants sharing customer ids, and compares every
+answer with the pure-Python model in ``ledger_model.py``. After every step the
 touched customers' summaries, in both tenants, must equal the model's and obey the ledger's
 rules; the balance at past instants must be the model's too.
 
@@ -32,6 +33,7 @@ from hypothesis.stateful import (
     initialize,
     invariant,
     multiple,
+    precondition,
     rule,
     run_state_machine_as_test,
 )
@@ -95,17 +97,18 @@ OFFSETS = {
 
 @dataclass(frozen=True)
 class ValidUntil:
-    """A ``validUntil`` relative to the clock when sent: hours ahead (plus 30 min 17 s, away
-    from any whole-hour jump of the clock), or ``hours`` back when ``past``."""
+    """A ``validUntil`` relative to the clock when sent: hours and minutes ahead (plus 30 min
+    17 s, away from any whole-hour jump of the clock), or ``hours`` back when ``past``."""
 
     hours: int
     past: bool
     form: str  # a key of OFFSETS, or "naive" (no offset: read as UTC)
+    minutes: int = 0
 
     def moment(self, now: datetime) -> datetime:
         if self.past:
             return now - timedelta(hours=self.hours, seconds=17)
-        return now + timedelta(hours=self.hours, minutes=30, seconds=17)
+        return now + timedelta(hours=self.hours, minutes=30 + self.minutes, seconds=17)
 
     def text(self, moment: datetime) -> str:
         if self.form == "naive":
@@ -299,6 +302,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
+        self.long_histories = 0
         self.loop = asyncio.new_event_loop()
         # The database reads exactly this clock (no step per reading), so the model and the
         # service measure expiry at the same moment, validUntil itself included; each step's
@@ -418,6 +422,34 @@ class LedgerMachine(RuleBasedStateMachine):
         self.perform(
             (who, replace(reverse, customer=customer, pick=spent.index(redemptions[latest])))
         )
+
+    @precondition(lambda self: self.long_histories == 0)
+    @rule(
+        who=st.sampled_from([0, 1]),
+        customer=customers,
+        lots=st.integers(100, 200),
+        minutes=st.lists(st.integers(0, 240), min_size=1, max_size=6),
+        every=st.integers(4, 40),
+        spend=st.integers(1, 100),
+    )
+    def long_history(
+        self, who: int, customer: str, lots: int, minutes: list[int], every: int, spend: int
+    ) -> None:
+        """A customer with a long history, as a B2B account earns points per order line: lots
+        one after another, each valid from half an hour to a few hours, the clock a minute on
+        for every other lot (so lots expire between the writes), after every ``every`` lots a
+        redemption of ``spend`` % of the balance, and at the end one of 90 %, which spends
+        across most lots. Each answer, and each entry's allPointsAfterCreation in the
+        summary, must be the model's; the rules after this one go on with the customer."""
+        self.long_histories += 1
+        for i in range(lots):
+            valid_until = ValidUntil(0, False, "Z", minutes[i % len(minutes)])
+            self.perform((who, Add(customer, 1 + i % 9, f"h-{i}", None, None, valid_until, ())))
+            if i % every == every - 1:
+                self.perform((who, Redeem(customer, "within", spend, f"h-r{i}", None, ())))
+                self.clock.advance(minutes=every // 2)
+        self.perform((who, Redeem(customer, "within", 90, "h-r", None, ())))
+        self.bind_named(who, customer)
 
     @rule(target=written, who=st.sampled_from([0, 1]), op=creates)
     def create_entry(self, who: int, op: Create) -> Any:
@@ -791,6 +823,31 @@ class LedgerMachine(RuleBasedStateMachine):
         created_at = parse_time(written["createdAt"])
         assert before <= created_at <= after, (before, written, after)
         model.bind(entry, written["id"], created_at)
+
+    def bind_named(self, who: int, customer: str) -> None:
+        """Teach the model the ``createdAt`` of each entry a step wrote under a client-given
+        id for one customer, from one summary: made during its request, and listed in the
+        order written."""
+        response = self.run(self.summary_of(who, customer))
+        assert response.status_code == 200, response.text
+        lists = response.json()["summary"]
+        listed = {
+            item["id"]: (parse_time(item["createdAt"]), position)
+            for name in ("addedPointsList", "redeemedPointsList")
+            for position, item in enumerate(lists[name])
+        }
+        model = self.models[who]
+        mine = [p for p in self.pending if p[:2] == (who, customer)]
+        self.pending = [p for p in self.pending if p[:2] != (who, customer)]
+        positions: dict[bool, list[int]] = {True: [], False: []}
+        for _, _, entry, before, after in mine:
+            assert entry.id is not None
+            created_at, position = listed[entry.id]
+            assert before <= created_at <= after, (before, entry.id, created_at, after)
+            positions[isinstance(entry, Lot)].append(position)
+            model.bind(entry, entry.id, created_at)
+        for written in positions.values():
+            assert written == sorted(written), "entries are listed in the order written"
 
     def check_summary(self, who: int, customer: str, response: httpx.Response) -> None:
         model = self.models[who]

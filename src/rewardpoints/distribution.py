@@ -110,6 +110,7 @@ FUNCTIONS: dict[str, FunctionPlan] = {
     "rewardpoints_lot_item": _one_customer(),
     "rewardpoints_redeem": _one_customer(),
     "rewardpoints_available": _one_customer(),
+    "rewardpoints_expire": _one_customer(),
     "rewardpoints_balance_at": _one_customer(),
     "rewardpoints_deduct": _one_customer(),
     "rewardpoints_draw": _one_customer(),
@@ -151,13 +152,6 @@ CHANGES_NEEDED: frozenset[str] = frozenset(
         # rewardpoints_add_lot, when a lot pays a debt off)
         "rewardpoints_add_lot: UPDATE lots calls stable rewardpoints_lot_item with columns",
         "rewardpoints_draw: UPDATE lots calls stable rewardpoints_lot_item with columns",
-        # Reading the lots a redemption drew from, these functions find them through the
-        # redemption's usages: the checker cannot prove the lots' rows are the customer's,
-        # so the lots' own tenant and customer_id must be named in the statement.
-        "rewardpoints_deduct: SELECT FROM lots not by customer_id = p_customer",
-        "rewardpoints_deduct: SELECT FROM lots not by tenant = p_tenant",
-        "rewardpoints_reverse_plan: SELECT FROM lots not by customer_id = p_customer",
-        "rewardpoints_reverse_plan: SELECT FROM lots not by tenant = p_tenant",
     }
 )
 

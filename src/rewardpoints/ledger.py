@@ -739,26 +739,18 @@ _ADD_MANY_SQL = (
     "SELECT outcome, entry_id FROM rewardpoints_add_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
     " $11, $12)"
 )
-# The balance of account ``a``: the active points its last write stored, while no lot they
-# count has expired (rewardpoints_add_lot, rewardpoints_redeem); else the sum of its open lots
-# less its debt (rewardpoints_available).
-_ACCOUNT_BALANCE = (
-    "CASE WHEN a.active_since <= c.now AND c.now < a.active_until THEN a.active_points"
-    " ELSE COALESCE((SELECT SUM(l.points - l.used_points) FROM lots l"
-    " WHERE l.tenant = a.tenant AND l.customer_id = a.customer_id AND NOT l.used_up"
-    " AND l.valid_until > c.now), 0) - a.debt END::bigint"
-)
+# A customer's balance now (rewardpoints_available: the points its last write stored while no
+# lot has expired since), no row without an account; PostgreSQL inlines the function here.
 _BALANCE_SQL = (
-    f"SELECT {_ACCOUNT_BALANCE}"  # noqa: S608 - fixed text
-    " FROM accounts a, (SELECT rewardpoints_read_now() AS now) c"
-    " WHERE a.tenant = $1 AND a.customer_id = $2"
+    "SELECT b.available FROM (SELECT rewardpoints_read_now() AS now) c,"
+    " rewardpoints_available($1, $2, c.now) b"
 )
 # The same for many customers at once ($1 tenants, $2 customer ids), one row per pair in their
 # order, NULL for a customer without an entry; each pair is one probe of the accounts' key.
 _BALANCES_SQL = (
-    f"SELECT (SELECT {_ACCOUNT_BALANCE}"  # noqa: S608 - fixed text
-    " FROM accounts a WHERE a.tenant = k.tenant AND a.customer_id = k.customer_id)"
-    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, customer_id, n),"
-    " (SELECT rewardpoints_read_now() AS now) c"
+    "SELECT b.available"
+    " FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS k(tenant, customer_id, n)"
+    " CROSS JOIN (SELECT rewardpoints_read_now() AS now) c"
+    " LEFT JOIN LATERAL rewardpoints_available(k.tenant, k.customer_id, c.now) b ON true"
     " ORDER BY k.n"
 )

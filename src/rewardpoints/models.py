@@ -101,6 +101,12 @@ lots = Table(
     # Points a reversal gave back to the lot after its validUntil (migration 0012): they came
     # back expired, so the lot's remainder at its validUntil is points - used_points - this.
     Column("expired_returns", BigInteger, nullable=False, server_default=text("0")),
+    # Set by the first write of the customer at or after validUntil while the lot has points
+    # left, or by a reversal giving points back to it after validUntil (rewardpoints_expire,
+    # migration 0013): it is never drawn from again, and the index of the lots to draw from
+    # leaves it out. A lot past its validUntil may still be unmarked; every rule reads
+    # validUntil itself.
+    Column("expired", Boolean, nullable=False, server_default=text("false")),
     CheckConstraint("points > 0", name="points_positive"),
     CheckConstraint(
         "expired_returns >= 0 AND expired_returns <= points - used_points",
@@ -111,17 +117,19 @@ lots = Table(
         ["tenant", "customer_id"], ["accounts.tenant", "accounts.customer_id"], ondelete="CASCADE"
     ),
     Index("ix_lots_customer_order", "tenant", "customer_id", "created_at", "id"),
-    # Only lots with points left are ever read by a redemption or a balance.
+    # The lots a redemption may draw from, oldest first: points left, not marked expired
+    # (migration 0013).
     Index(
         "ix_lots_customer_open",
         "tenant",
         "customer_id",
         "created_at",
         "id",
-        postgresql_where=text("NOT used_up"),
+        postgresql_where=text("NOT used_up AND NOT expired"),
     ),
-    # The lots with points left by validUntil: expiring points, and the expired entries of a
-    # history page (migration 0012).
+    # The lots with points left by validUntil: the lots that expired since a customer's last
+    # write and its next expiry (rewardpoints_available), expiring points, and the expired
+    # entries of a history page (migration 0012).
     Index(
         "ix_lots_customer_expiry",
         "tenant",

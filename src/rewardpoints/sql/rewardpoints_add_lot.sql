@@ -7,8 +7,9 @@
 -- chargeback; rewardpoints_record) and the account's balance. A customer in debt (a deduction
 -- beyond the balance) pays it from the new lot first, oldest deduction first: the lot records
 -- those draws as it would a redemption's. The account keeps its active points after the write
--- and the earliest expiry among the lots they count, so a balance is one row (the balance read
--- in ledger.py).
+-- and the earliest expiry among the lots they count, so a balance is one row
+-- (rewardpoints_available), and lots that expired since the last write are read once
+-- (rewardpoints_expire).
 CREATE OR REPLACE FUNCTION rewardpoints_add_lot(
     p_tenant varchar, p_customer varchar, p_id varchar, p_client_id boolean,
     p_reference text, p_description text, p_points bigint, p_valid_until timestamptz,
@@ -37,7 +38,7 @@ BEGIN
         RETURN 'invalid';
     END IF;
     SELECT a.available, a.debt, a.first_expiry INTO v_balance, v_debt, v_first_expiry
-      FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
+      FROM rewardpoints_expire(p_tenant, p_customer, v_now) AS a;
     INSERT INTO lots (tenant, customer_id, id, reference_id, description, points, used_points,
                       created_at, valid_until, all_points_after_creation, request_hash)
     VALUES (p_tenant, p_customer, p_id, p_reference, p_description, p_points, 0,

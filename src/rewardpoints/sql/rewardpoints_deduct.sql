@@ -1,7 +1,7 @@
 -- deductPoints, the clawback for a return: takes p_points from the customer's lots, the lot
 -- p_first_lot first when it is open, then oldest first (rewardpoints_draw_plan). A deduction is
 -- a redemption row marked deducted, so Emporix's summary lists it among the redemptions and the
--- lots drawn from show it in usedWith. When the balance (rewardpoints_available) is short it is
+-- lots drawn from show it in usedWith. When the balance (rewardpoints_expire) is short it is
 -- refused ('insufficient', with the balance), unless p_allow_debt: then what the open lots
 -- cannot give is owed (the redemption's owed, the account's debt), the balance goes negative,
 -- and the next lots pay it first (rewardpoints_add_lot).
@@ -39,8 +39,14 @@ BEGIN
         RETURN;
     END IF;
     v_now := rewardpoints_entry_time(p_tenant, p_customer);
-    SELECT a.available, a.open_points, a.first_expiry INTO v_available, v_open, v_first_expiry
-      FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
+    IF p_dry THEN
+        SELECT a.available, a.open_points INTO v_available, v_open
+          FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
+    ELSE
+        SELECT a.available, a.open_points, a.first_expiry
+          INTO v_available, v_open, v_first_expiry
+          FROM rewardpoints_expire(p_tenant, p_customer, v_now) AS a;
+    END IF;
     IF p_client_id THEN
         v_seen := rewardpoints_entry_seen(p_tenant, p_customer, p_id, p_hash);
         IF v_seen = 'retry' AND p_dry THEN
@@ -92,6 +98,10 @@ BEGIN
             v_available - p_points, p_hash, true);
     v_taken := rewardpoints_draw(p_tenant, p_customer, p_id, LEAST(p_points, v_open), v_now,
                                  p_first_lot);
+    IF v_taken <> LEAST(p_points, v_open) THEN
+        RAISE EXCEPTION 'the balance stored for customer % is not what its lots hold',
+            p_customer;
+    END IF;
     v_owed := p_points - v_taken;
     IF v_owed > 0 THEN
         UPDATE redemptions r SET owed = v_owed
@@ -106,9 +116,12 @@ BEGIN
     RETURN QUERY
         SELECT 'deducted'::text, v_available, v_available - p_points, u.lot_id, u.points
           FROM lot_usages u
-          JOIN lots l ON l.tenant = u.tenant AND l.customer_id = u.customer_id AND l.id = u.lot_id
+         CROSS JOIN LATERAL (  -- one probe of the lots' key per usage (OFFSET 0: never a join)
+               SELECT l.created_at FROM lots l
+                WHERE l.tenant = p_tenant AND l.customer_id = p_customer AND l.id = u.lot_id
+               OFFSET 0) AS l
          WHERE u.tenant = p_tenant AND u.customer_id = p_customer AND u.redemption_id = p_id
-         ORDER BY l.id = p_first_lot DESC NULLS LAST, l.created_at, l.id;
+         ORDER BY u.lot_id = p_first_lot DESC NULLS LAST, l.created_at, u.lot_id;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'deducted'::text, v_available, v_available - p_points,
                             NULL::varchar, NULL::bigint;

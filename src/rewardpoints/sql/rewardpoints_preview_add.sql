@@ -15,8 +15,9 @@ DECLARE
     v_seen text;
     v_available bigint;
 BEGIN
-    SELECT a.available INTO v_available
-      FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
+    SELECT COALESCE((SELECT a.available
+                       FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a), 0)
+      INTO v_available;
     IF p_client_id THEN
         v_seen := rewardpoints_entry_seen(p_tenant, p_customer, p_id, p_hash);
         IF v_seen IS NOT NULL THEN

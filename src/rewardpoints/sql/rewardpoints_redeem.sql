@@ -2,8 +2,9 @@
 -- customer's lock. Answers (outcome, available): 'redeemed' with the active points left;
 -- 'not_found' when the customer has no account; 'retry' or 'conflict' for a client-given id
 -- used before (rewardpoints_entry_seen); 'insufficient' with the active points there are
--- (rewardpoints_available: a debt counts against them). The redemption is recorded in the
--- journal with its reason and actor (rewardpoints_record).
+-- (rewardpoints_expire: a debt counts against them). The redemption is recorded in the
+-- journal with its reason and actor (rewardpoints_record). The balance is the one the account
+-- stores (rewardpoints_available); the lots must hold it, or the call fails and writes nothing.
 CREATE OR REPLACE FUNCTION rewardpoints_redeem(
     p_tenant varchar, p_customer varchar, p_id varchar, p_client_id boolean,
     p_description text, p_points bigint, p_hash varchar, p_reason text, p_actor text
@@ -28,7 +29,7 @@ BEGIN
         END IF;
     END IF;
     SELECT a.available, a.first_expiry INTO v_available, v_first_expiry
-      FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
+      FROM rewardpoints_expire(p_tenant, p_customer, v_now) AS a;
     IF v_available < p_points THEN
         RETURN QUERY SELECT 'insufficient'::text, v_available;
         RETURN;
@@ -37,7 +38,10 @@ BEGIN
                              all_points_after_creation, request_hash)
     VALUES (p_tenant, p_customer, p_id, p_description, p_points, v_now,
             v_available - p_points, p_hash);
-    PERFORM rewardpoints_draw(p_tenant, p_customer, p_id, p_points, v_now, NULL);
+    IF rewardpoints_draw(p_tenant, p_customer, p_id, p_points, v_now, NULL) <> p_points THEN
+        RAISE EXCEPTION 'the balance stored for customer % is not what its lots hold',
+            p_customer;
+    END IF;
     -- The earliest expiry before the draws: the lots used up since count for nothing, so the
     -- window may end early, never late.
     UPDATE accounts

@@ -27,6 +27,7 @@ DECLARE
     v_expired bigint;
     v_available bigint;
     v_first_expiry timestamptz;
+    v_valid_until timestamptz;
     v_balance bigint;
     v_lots varchar[];
     v_shares bigint[];
@@ -45,8 +46,13 @@ BEGIN
         RETURN;
     END IF;
     v_now := rewardpoints_entry_time(p_tenant, p_customer);
-    SELECT a.available INTO v_available
-      FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
+    IF p_dry THEN
+        SELECT a.available INTO v_available
+          FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
+    ELSE
+        SELECT a.available, a.first_expiry INTO v_available, v_first_expiry
+          FROM rewardpoints_expire(p_tenant, p_customer, v_now) AS a;
+    END IF;
     IF p_client_id THEN
         v_seen := rewardpoints_entry_seen(p_tenant, p_customer, p_id, p_hash);
         IF v_seen = 'retry' THEN
@@ -99,12 +105,19 @@ BEGIN
                  WHERE u.tenant = p_tenant AND u.customer_id = p_customer
                    AND u.lot_id = v_lots[i] AND u.redemption_id = p_redemption;
             END IF;
-            -- No longer used up: its summary item is built again on each read.
+            -- No longer used up: its summary item is built again on each read. A lot expired
+            -- takes its share back marked expired, so no draw meets it (rewardpoints_expire);
+            -- one still valid counts again, and may expire before the window stored ends.
             UPDATE lots l
                SET used_points = l.used_points - v_shares[i], summary_item = NULL,
                    expired_returns = l.expired_returns
-                       + CASE WHEN v_expireds[i] THEN v_shares[i] ELSE 0 END
-             WHERE l.tenant = p_tenant AND l.customer_id = p_customer AND l.id = v_lots[i];
+                       + CASE WHEN v_expireds[i] THEN v_shares[i] ELSE 0 END,
+                   expired = l.expired OR v_expireds[i]
+             WHERE l.tenant = p_tenant AND l.customer_id = p_customer AND l.id = v_lots[i]
+            RETURNING l.valid_until INTO v_valid_until;
+            IF NOT v_expireds[i] THEN
+                v_first_expiry := LEAST(v_first_expiry, v_valid_until);
+            END IF;
         END LOOP;
         UPDATE redemptions r SET reversed_points = r.reversed_points + v_points
          WHERE r.tenant = p_tenant AND r.customer_id = p_customer AND r.id = p_redemption;
@@ -112,8 +125,6 @@ BEGIN
                                expired_points, created_at, request_hash)
         VALUES (p_tenant, p_customer, p_id, p_redemption, v_points, v_restored, v_expired,
                 v_now, p_hash);
-        SELECT a.first_expiry INTO v_first_expiry
-          FROM rewardpoints_available(p_tenant, p_customer, v_now) AS a;
         UPDATE accounts a
            SET active_points = v_available + v_restored, active_since = v_now,
                active_until = COALESCE(v_first_expiry, 'infinity')

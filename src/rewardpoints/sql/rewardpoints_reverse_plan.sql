@@ -2,7 +2,8 @@
 -- how many to each: the lots the redemption drew from, in the reverse order of drawing (the
 -- newest lot first), each at most what the redemption still holds of it (its usage). A lot
 -- whose validUntil is not after p_now takes its share back expired. Read by the reversal
--- (rewardpoints_reverse) and by its preview alike.
+-- (rewardpoints_reverse) and by its preview alike. Each usage's lot is one probe of the lots'
+-- key (OFFSET 0 keeps the planner from joining the usages to all the customer's lots).
 CREATE OR REPLACE FUNCTION rewardpoints_reverse_plan(
     p_tenant varchar, p_customer varchar, p_redemption varchar, p_points bigint,
     p_now timestamptz
@@ -15,10 +16,13 @@ BEGIN
     FOR v_use IN
         SELECT u.lot_id AS id, u.points AS held, l.valid_until <= p_now AS gone
           FROM lot_usages u
-          JOIN lots l ON l.tenant = u.tenant AND l.customer_id = u.customer_id AND l.id = u.lot_id
+         CROSS JOIN LATERAL (
+               SELECT l.created_at, l.valid_until FROM lots l
+                WHERE l.tenant = p_tenant AND l.customer_id = p_customer AND l.id = u.lot_id
+               OFFSET 0) AS l
          WHERE u.tenant = p_tenant AND u.customer_id = p_customer
            AND u.redemption_id = p_redemption
-         ORDER BY l.created_at DESC, l.id DESC
+         ORDER BY l.created_at DESC, u.lot_id DESC
     LOOP
         EXIT WHEN v_left = 0;
         lot_id := v_use.id;
