@@ -203,12 +203,14 @@ _NOW = "(SELECT rewardpoints_read_now())"
 
 
 def _document(lot_items: str = "l.items", redemption_items: str = "r.items") -> str:
-    """The customer's document from its active points and its lists' items (NULL when empty)."""
+    """The customer's document from its active points and its lists' items (NULL when empty).
+    Joined from the right: each || copies both its sides, so the lists, the long parts, are
+    copied once or twice rather than once per part after them."""
     return (
         """'{"customerId":' || to_json(a.customer_id::text)::text"""
         """ || ',"activePoints":' || (COALESCE(l.active, 0) - a.debt)::text"""
-        f""" || ',"summary":{{"addedPointsList":[' || COALESCE({lot_items}, '')"""
-        f""" || '],"redeemedPointsList":[' || COALESCE({redemption_items}, '') || ']}}}}'"""
+        f""" || (',"summary":{{"addedPointsList":[' || (COALESCE({lot_items}, '')"""
+        f""" || ('],"redeemedPointsList":[' || (COALESCE({redemption_items}, '') || ']}}}}'))))"""
     )
 
 
@@ -455,7 +457,10 @@ def _range_documents(*, lower: bool, upper: bool) -> str:
     The range is ``[$3, $4)``, without the bounds not asked for (``$3`` is then the upper one).
     The accounts, lots and redemptions of the range are each read once in customer order (their
     indexes' order) and merged: no probe per customer, and the only probe per lot is the usedWith
-    list of a used lot. From the first customer on, the rows stream out as they are made.
+    list of a used lot. From the first customer on, the rows stream out as they are made. The
+    lists are read in list order within each customer, and their items joined as they come (a
+    sorted subquery's order is kept for the aggregate over it, as for usedWith): an ordered
+    aggregate would set up a sort for each customer's list.
     """
     bounds = []
     if lower:
@@ -470,14 +475,20 @@ def _range_documents(*, lower: bool, upper: bool) -> str:
 WITH l AS (
     SELECT lo.customer_id,
            {_ACTIVE.format(now="$2")} AS active,
-           string_agg({_lot_item(_USED_WITH_OF_USED_LOT)}, ',' {_LOT_ORDER}) AS items
-    FROM lots lo
-    WHERE lo.tenant = $1{within("lo.customer_id")}
+           string_agg({_lot_item(_USED_WITH_OF_USED_LOT)}, ',') AS items
+    FROM (
+        SELECT * FROM lots lo
+        WHERE lo.tenant = $1{within("lo.customer_id")}
+        ORDER BY lo.customer_id, lo.created_at, lo.id
+    ) lo
     GROUP BY lo.customer_id
 ), r AS (
-    SELECT re.customer_id, string_agg({_REDEMPTION_ITEM}, ',' {_REDEMPTION_ORDER}) AS items
-    FROM redemptions re
-    WHERE re.tenant = $1{within("re.customer_id")}
+    SELECT re.customer_id, string_agg({_REDEMPTION_ITEM}, ',') AS items
+    FROM (
+        SELECT * FROM redemptions re
+        WHERE re.tenant = $1{within("re.customer_id")}
+        ORDER BY re.customer_id, re.created_at, re.id
+    ) re
     GROUP BY re.customer_id
 )
 SELECT unnest(CASE WHEN {_LONGER_THAN_A_PIECE} THEN {_PIECES} ELSE ARRAY[{_DOCUMENT}] END)
@@ -564,7 +575,7 @@ _COPY_OPTIONS: dict[str, Any] = {"format": "binary"}
 _COPY_HEADER = struct.Struct("!11sii")
 _COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _COPY_ROW = struct.Struct("!hi")
-_COPY_TRAILER_BYTE = 0xFF  # the first of the trailer's two (-1)
+_COPY_TRAILER = b"\xff\xff"
 
 
 def dumps(value: Any) -> bytes:
@@ -892,14 +903,12 @@ class _RangeCopy:
     async def rows(self) -> AsyncIterator[list[memoryview | None]]:
         """The next statement's values (None: NULL), those of the whole rows each read
         brought (never none)."""
-        rest = b""  # what the last read brought of a row that has not ended yet
-        start = True  # the header is still to come
+        rows = _BinaryRows()
         while True:
             async with asyncio.timeout(_COPY_WAIT_SECONDS):
                 chunk = await self._chunks.get()
             if chunk is _RANGE_END:
-                if rest or start:
-                    raise RuntimeError("COPY ended within a row")
+                rows.end()
                 return
             if chunk is None:  # the COPYs ended before this statement's did
                 await self._task  # its error
@@ -907,19 +916,7 @@ class _RangeCopy:
             chunk = cast(bytes, chunk)  # the driver hands over bytes (a bytearray in fact)
             self._ahead -= len(chunk)
             self._room.set()
-            data = rest + chunk if rest else chunk
-            at = 0
-            if start:
-                if len(data) < _COPY_HEADER.size:
-                    rest = bytes(data)
-                    continue
-                signature, _, extension = _COPY_HEADER.unpack_from(data)
-                if signature != _COPY_SIGNATURE:
-                    raise RuntimeError("COPY data not in the binary format")
-                at = _COPY_HEADER.size + extension
-                start = False
-            values, at = _values(data, at)
-            rest = bytes(data[at:]) if at < len(data) else b""
+            values = rows.feed(chunk)
             if values:
                 yield values
 
@@ -935,30 +932,62 @@ class _RangeCopy:
             task.exception()  # retrieved: it is raised by rows(), or the rows were not wanted
 
 
+class _BinaryRows:
+    """The values of one ``COPY ... TO STDOUT (FORMAT binary)`` of one column, as its data
+    arrives in reads that may end anywhere."""
+
+    def __init__(self) -> None:
+        self._rest = b""  # what the last reads brought of a row (or the header) not whole yet
+        self._start = True  # the header is still to come
+
+    def feed(self, chunk: bytes) -> list[memoryview | None]:
+        """The values (None: NULL) of the rows ``chunk`` completes."""
+        data = self._rest + chunk if self._rest else chunk
+        at = 0
+        if self._start:
+            if len(data) >= _COPY_HEADER.size:
+                signature, _, extension = _COPY_HEADER.unpack_from(data)
+                if signature != _COPY_SIGNATURE:
+                    raise RuntimeError("COPY data not in the binary format")
+                at = _COPY_HEADER.size + extension
+            if not at or len(data) < at:
+                self._rest = bytes(data)
+                return []
+            self._start = False
+        values, at = _values(data, at)
+        self._rest = bytes(data[at:])
+        return values
+
+    def end(self) -> None:
+        """The COPY has ended: it must have ended with its trailer, after whole rows."""
+        if self._start or self._rest not in (b"", _COPY_TRAILER):
+            raise RuntimeError("COPY ended within a row")
+
+
 def _values(data: bytes, at: int) -> tuple[list[memoryview | None], int]:
     """The values (None: NULL) of the whole one-column rows of binary COPY data from ``at`` on,
-    and where the first row not whole in ``data`` begins (its end: the rows and the trailer are
-    read)."""
+    and where the first row not whole in ``data`` begins (or the trailer, when it ends it)."""
     view = memoryview(data)
     values: list[memoryview | None] = []
-    end = len(data)
+    append = values.append
     unpack = _COPY_ROW.unpack_from
-    while at + 2 <= end:
-        if data[at] == _COPY_TRAILER_BYTE:  # a row begins with 0, its number of columns
-            at += 2
-            continue
-        if at + _COPY_ROW.size > end:
-            break
+    size = len(data)
+    last = size - _COPY_ROW.size  # the last place a row's head fits
+    while at <= last:
         columns, length = unpack(data, at)
         if columns != 1:
+            if columns == -1:  # the trailer, followed by nothing of this statement
+                at += 2
+                continue
             raise RuntimeError("COPY row not one value")
+        begin = at + _COPY_ROW.size
         if length < 0:
-            at += _COPY_ROW.size
-            values.append(None)
+            append(None)
+            at = begin
             continue
-        if at + _COPY_ROW.size + length > end:
+        end = begin + length
+        if end > size:
             break
-        at += _COPY_ROW.size
-        values.append(view[at : at + length])
-        at += length
+        append(view[begin:end])
+        at = end
     return values, at
