@@ -4,10 +4,12 @@
 --   tenant          the main tenant: uniform customers, the hot customer, the two histories
 --   customers       uniform customers c000001 .. (5 lots of 1,000 points each, all open)
 --   long_lots       lots of the customer "long" (10 points each; 99 % used up by redemptions)
---   big_tenant      tenant of the streamed summaryBatch: big_customers × 5 lots
---   big_customers
+--   big_tenant      tenant of the streamed summaryBatch: big_customers × 5 lots, and among
+--   big_customers   them one whale per entry of big_whales (its lots, as an array: '{20000,...}')
+--   big_whales
 --   mid_tenant      the same shape, a tenth of the size: is the stream's memory flat?
 --   mid_customers
+--   mid_whales
 --
 -- Every row keeps the ledger's rules (CONTRACT.md section 2) and the CHECK constraints: lots
 -- are spent oldest first, a lot's usedPoints is the sum of its lot_usages rows, and
@@ -97,12 +99,22 @@ END $$;
 
 -- A tenant of `customers` customers b0000001 .. with 5 lots of 100 points each, one a day;
 -- between the 3rd and the 4th lot a redemption of 150 points spends lot 1 and half of lot 2.
--- Running balance: 100, 200, 300, (redeemed) 150, 250, 350.
-CREATE FUNCTION pg_temp.seed_tenant(p_tenant text, p_customers int) RETURNS void
+-- Running balance: 100, 200, 300, (redeemed) 150, 250, 350. Among them, one whale per entry of
+-- `whales`, with that many lots and a history like "long"'s (below): whale k of n comes after
+-- customer customers × k / (n + 1), as its id with a 'w' after it (b0034400w).
+CREATE FUNCTION pg_temp.seed_tenant(p_tenant text, p_customers int, p_whales int[])
+RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
     t0 timestamptz := now() - interval '30 days';
 BEGIN
+    FOR k IN 1 .. cardinality(p_whales) LOOP
+        PERFORM pg_temp.seed_history(
+            p_tenant,
+            'b' || lpad((p_customers * k / (cardinality(p_whales) + 1))::text, 7, '0') || 'w',
+            p_whales[k], 10, (p_whales[k] * 99 / 100) / 10 * 10);
+    END LOOP;
+
     INSERT INTO accounts (tenant, customer_id, created_at)
     SELECT p_tenant, 'b' || lpad(i::text, 7, '0'), t0
     FROM generate_series(1, p_customers) AS i;
@@ -167,8 +179,8 @@ SELECT e.tenant, e.customer_id, e.created_at, e.kind, e.id, e.points, e.balance_
  ORDER BY e.tenant, e.customer_id, e.created_at, e.written, e.id;
 
 -- The streamed tenants.
-SELECT pg_temp.seed_tenant(:'big_tenant', :big_customers);
-SELECT pg_temp.seed_tenant(:'mid_tenant', :mid_customers);
+SELECT pg_temp.seed_tenant(:'big_tenant', :big_customers, :'big_whales'::int[]);
+SELECT pg_temp.seed_tenant(:'mid_tenant', :mid_customers, :'mid_whales'::int[]);
 
 -- The active points each account's last write would have stored (migration 0006).
 UPDATE accounts a

@@ -623,7 +623,8 @@ async def summary_from_tables(conn: Any, tenant: str, customer_id: str, now: dat
     redemption_rows = (
         await conn.execute(
             text(
-                "SELECT id, description, points, created_at, all_points_after_creation"
+                "SELECT id, description, points - reversed_points AS points, created_at,"
+                " all_points_after_creation"
                 " FROM redemptions WHERE tenant = :tenant AND customer_id = :customer"
                 " ORDER BY created_at, id"
             ),

@@ -338,11 +338,15 @@ class LedgerMachine(RuleBasedStateMachine):
             max_value=datetime(2090, 12, 31),  # noqa: DTZ001
         ),
         validity_months=st.sampled_from([36, 1, 12]),
+        # Every summary streamed and read through segments of two entries (documents.py), or
+        # summaries built whole from the entries.
+        segmented=st.booleans(),
     )
-    def build_app(self, start: datetime, validity_months: int) -> None:
+    def build_app(self, start: datetime, validity_months: int, segmented: bool) -> None:
         self.clock.now = start.replace(microsecond=start.microsecond // 1000 * 1000, tzinfo=UTC)
         self.models = [TenantLedger(validity_months), TenantLedger(validity_months)]
-        settings = make_settings(self.database_url, validity_months=validity_months)
+        summaries = {"summary_stream_entries": 0, "summary_segment_entries": 2} if segmented else {}
+        settings = make_settings(self.database_url, validity_months=validity_months, **summaries)
         self.app = create_app(settings, clock=self.clock)
 
         async def open_client() -> httpx.AsyncClient:

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # ... by at most this many streams at once per process; one more waits for a turn as long
     # as a request waits for a connection, then is answered 503 (never built whole).
     summary_streams: int = Field(default=4, ge=1, le=1000)
+    # ... and its finished stretches of this many lots, or redemptions, are made once and read
+    # as one row each afterwards (summary segments, documents.py); 0: never made. A segment
+    # reaches the worker whole, hence the bound.
+    summary_segment_entries: int = Field(default=1000, ge=0, le=10_000)
     # On PostgreSQL, at most this many statements applying redemptions, and as many applying
     # additions, are out at once per process; the writes that wait meanwhile go together in
     # the next one (direct.py, rewardpoints_add_many.sql, rewardpoints_redeem_many.sql).

@@ -50,6 +50,8 @@ TABLES: dict[str, TablePlan] = {
     # A customer's history and the reversals of its redemptions (migration 0012).
     "journal": _customer_rows(),
     "reversals": _customer_rows(),
+    # Prebuilt stretches of a customer's summary (migration 0014).
+    "summary_segments": _customer_rows(),
     # An order is awarded once per tenant, whoever the customer: its key is the order's.
     "awarded_orders": TablePlan(Kind.DISTRIBUTED, "order_id"),
     # An Idempotency-Key is the tenant's, not a customer's.

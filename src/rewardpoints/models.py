@@ -255,6 +255,31 @@ lot_usages = Table(
     ),
 )
 
+# Stretches of a long summary's lists made once and read instead of their entries
+# (documents.py; migration 0014): ``items`` are the list items, joined by commas, of the
+# customer's ``entries`` lots (``list`` 'lots') or redemptions ('redemptions') from
+# (first_at, first_id) to (last_at, last_id) in list order, every one of them; a lot in a
+# segment is used up. Made by a summary's read, under the customer's lock; a write that
+# changes such an entry (rewardpoints_reverse) deletes its segment in the same transaction.
+summary_segments = Table(
+    "summary_segments",
+    metadata,
+    Column("tenant", Key(16), primary_key=True),
+    Column("customer_id", Key(255), primary_key=True),
+    Column("list", Text, primary_key=True),
+    Column("first_at", UTCDateTime, primary_key=True),
+    Column("first_id", Key(255), primary_key=True),
+    Column("last_at", UTCDateTime, nullable=False),
+    Column("last_id", Key(255), nullable=False),
+    Column("entries", Integer, nullable=False),
+    Column("items", Text, nullable=False),
+    CheckConstraint("list IN ('lots', 'redemptions')", name="known_list"),
+    CheckConstraint("entries > 0", name="entries_positive"),
+    ForeignKeyConstraint(
+        ["tenant", "customer_id"], ["accounts.tenant", "accounts.customer_id"], ondelete="CASCADE"
+    ),
+)
+
 # The tenant's ways to turn points into a coupon. ``coupon`` is the coupon template as JSON.
 redeem_options = Table(
     "redeem_options",

@@ -92,5 +92,6 @@ class StreamedResponse(StreamingResponse):
                     await generator.aclose()
 
 
-def _slices(part: bytes) -> list[bytes]:
-    return [part[offset : offset + SLICE_BYTES] for offset in range(0, len(part), SLICE_BYTES)]
+def _slices(part: bytes) -> list[memoryview]:
+    view = memoryview(part)
+    return [view[offset : offset + SLICE_BYTES] for offset in range(0, len(part), SLICE_BYTES)]

@@ -121,6 +121,22 @@ BEGIN
         END LOOP;
         UPDATE redemptions r SET reversed_points = r.reversed_points + v_points
          WHERE r.tenant = p_tenant AND r.customer_id = p_customer AND r.id = p_redemption;
+        -- The redemption's item and those of the lots given back to have changed: the summary
+        -- segments that hold them go, and a later summary makes them again (documents.py).
+        DELETE FROM summary_segments s
+         WHERE s.tenant = p_tenant AND s.customer_id = p_customer
+           AND ((s.list = 'redemptions' AND EXISTS (
+                    SELECT 1 FROM redemptions r
+                     WHERE r.tenant = p_tenant AND r.customer_id = p_customer
+                       AND r.id = p_redemption
+                       AND (r.created_at, r.id) >= (s.first_at, s.first_id)
+                       AND (r.created_at, r.id) <= (s.last_at, s.last_id)))
+             OR (s.list = 'lots' AND EXISTS (
+                    SELECT 1 FROM lots l
+                     WHERE l.tenant = p_tenant AND l.customer_id = p_customer
+                       AND l.id = ANY (v_lots)
+                       AND (l.created_at, l.id) >= (s.first_at, s.first_id)
+                       AND (l.created_at, l.id) <= (s.last_at, s.last_id))));
         INSERT INTO reversals (tenant, customer_id, id, redemption_id, points, restored_points,
                                expired_points, created_at, request_hash)
         VALUES (p_tenant, p_customer, p_id, p_redemption, v_points, v_restored, v_expired,
