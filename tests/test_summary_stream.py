@@ -159,7 +159,7 @@ async def test_a_streamed_summary_is_the_customer_as_of_one_moment(
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
             parts = summary_document(application.state.documents, tenant, "long")
             received = [await anext(parts), await anext(parts)]
-            assert received[0].startswith(b'{"customerId":"long","activePoints":100000,')
+            assert bytes(received[0]).startswith(b'{"customerId":"long","activePoints":100000,')
             # The lots' rows are ~3 MB, more than is read ahead: the COPY of the lots is under
             # way and that of the redemptions has not begun.
             redeemed = await http.post(

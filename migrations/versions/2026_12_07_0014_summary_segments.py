@@ -4,8 +4,8 @@ A summary lists every lot and redemption of the customer. For a customer with 10
 PostgreSQL read 100,000 stored items through the customer's index and wrote each one out as a
 row of COPY, every time, although nearly all of them no longer change: a used-up lot and a
 redemption change only when a reversal gives points back. ``summary_segments`` keeps such
-stretches of a customer's lists, a fixed number of entries each, as the list items joined by
-commas, so a summary reads ~100 rows instead of 100,000 (documents.py makes them when it reads
+stretches of a customer's lists, a fixed number of entries each, as the list items each after
+a comma, so a summary reads ~100 rows instead of 100,000 (documents.py makes them when it reads
 a summary, under the customer's lock).
 
 A reversal changes the items of its redemption and of the lots it gives back to, so

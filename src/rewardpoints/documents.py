@@ -47,6 +47,9 @@ from .metrics import EXPORTS
 
 log = logging.getLogger("rewardpoints")
 
+# A part of a streamed answer: bytes, or a view of bytes read from the database.
+Part = bytes | memoryview
+
 
 @dataclass(slots=True)
 class BatchExport:
@@ -335,15 +338,15 @@ def _in_gap(lst: _List) -> str:
 
 
 def _list_rows(lst: _List) -> str:
-    """The list's items as rows, in list order: a segment's items in one row, a gap's entries
-    one a row. PostgreSQL keeps the order of the rows of a nested loop's outer side, and of
-    each part of a UNION ALL, as written (test_summary_segments interleaves gaps and
-    segments)."""
+    """The list's items as rows, in list order, each row after a comma: a segment's items in
+    one row, a gap's entries one a row. PostgreSQL keeps the order of the rows of a nested
+    loop's outer side, and of each part of a UNION ALL, as written (test_summary_segments
+    interleaves gaps and segments)."""
     order = f"ORDER BY {lst.alias}.created_at, {lst.alias}.id"
     return f"""
 SELECT x.item FROM ({_segments_and_gaps(lst)}) AS g
 CROSS JOIN LATERAL (
-    (SELECT {lst.item} AS item FROM {_in_gap(lst)} {order})
+    (SELECT ',' || {lst.item} AS item FROM {_in_gap(lst)} {order})
     UNION ALL
     SELECT g.items WHERE g.items IS NOT NULL
 ) AS x"""
@@ -392,7 +395,7 @@ WITH gaps AS MATERIALIZED (
 INSERT INTO summary_segments (tenant, customer_id, list, first_at, first_id, last_at, last_id,
                               entries, items)
 SELECT $1, $2, '{lst.name}', f.at, f.id, f.last_at, f.last_id, $3::integer, (
-    SELECT string_agg(i.item, ',') FROM (
+    SELECT string_agg(',' || i.item, '') FROM (
         SELECT {lst.item} AS item FROM {lst.table} {a}
         WHERE {a}.tenant = $1 AND {a}.customer_id = $2
           AND {key} >= (f.at, f.id) AND {key} <= (f.last_at, f.last_id)
@@ -585,7 +588,7 @@ def dumps(value: Any) -> bytes:
 
 async def summary_document(
     docs: Documents, tenant: str, customer_id: str
-) -> AsyncGenerator[bytes, None]:
+) -> AsyncGenerator[Part, None]:
     """The customer's document, in parts that joined are the document.
 
     ``CustomerNotFound`` (or a database error) comes before the first part. A summary of at most
@@ -615,7 +618,7 @@ async def summary_document(
 
 async def _streamed_document(
     engine: AsyncEngine, tenant: str, customer_id: str, *, segment_entries: int = 0
-) -> AsyncGenerator[bytes, None]:
+) -> AsyncGenerator[Part, None]:
     if segment_entries:
         await make_segments(engine, tenant, customer_id, segment_entries)
     async with read_transaction(engine, snapshot=True) as conn:
@@ -641,33 +644,43 @@ async def _streamed_document(
 
 async def _document_parts(
     rows: AsyncIterator[list[memoryview | None]], customer_id: str
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[Part]:
     """The document from the values of _DOCUMENT_ROWS: the start at once (else
     ``CustomerNotFound``: deleted since it was counted), then the rest in parts of about
-    _PART_BYTES."""
-    pieces: list[bytes | memoryview] = []
+    _PART_BYTES or more. A list's items come each after a comma, but for the first: the
+    values are the document's bytes as they are, and a long one (a segment) is handed on
+    without being copied."""
+    pieces: list[Part] = []
     size = 0
-    started = listed = False  # the start is out; the list being read has an item out
+    started = False  # the start is out
+    first = False  # the next item is the first of its list
     async for values in rows:
         for value in values:
             if not started:
                 if value is None:
                     raise CustomerNotFound(customer_id)
                 yield bytes(value)
-                started = True
-            elif value is None:
-                pieces.append(_BETWEEN_LISTS)
-                listed = False
+                started = first = True
+                continue
+            if value is None:
+                piece: Part = _BETWEEN_LISTS
+                first = True
             else:
-                if listed:
-                    pieces.append(b",")
-                pieces.append(value)
-                size += len(value)
-                listed = True
-        if size >= _PART_BYTES:
-            yield b"".join(pieces)
-            pieces.clear()
-            size = 0
+                piece = value[1:] if first else value
+                first = False
+            if len(piece) >= _PART_BYTES:
+                if pieces:
+                    yield b"".join(pieces)
+                    pieces.clear()
+                    size = 0
+                yield piece
+                continue
+            pieces.append(piece)
+            size += len(piece)
+            if size >= _PART_BYTES:
+                yield b"".join(pieces)
+                pieces.clear()
+                size = 0
     pieces.append(_DOCUMENT_END)
     yield b"".join(pieces)
 

@@ -256,7 +256,7 @@ lot_usages = Table(
 )
 
 # Stretches of a long summary's lists made once and read instead of their entries
-# (documents.py; migration 0014): ``items`` are the list items, joined by commas, of the
+# (documents.py; migration 0014): ``items`` are the list items, each after a comma, of the
 # customer's ``entries`` lots (``list`` 'lots') or redemptions ('redemptions') from
 # (first_at, first_id) to (last_at, last_id) in list order, every one of them; a lot in a
 # segment is used up. Made by a summary's read, under the customer's lock; a write that

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
 
-from ..documents import summary_document, summary_documents
+from ..documents import Part, summary_document, summary_documents
 from ..errors import InvalidRequest
 from .deps import (
     DEFAULT_SITE_CODE,
@@ -62,7 +62,7 @@ async def summary_batch(request: Request, principal: ViewPrincipal, docs: Docume
 
 
 def _streamed(
-    request: Request, content: AsyncIterator[bytes], source: AsyncGenerator[bytes, None]
+    request: Request, content: AsyncIterator[Part], source: AsyncGenerator[Part, None]
 ) -> StreamedResponse:
     """``content`` read from ``source``, a started generator that the response closes."""
     timeout = request.app.state.settings.stream_send_timeout_seconds
@@ -87,7 +87,7 @@ async def _json_array(first: bytes | None, rest: AsyncIterator[bytes]) -> AsyncI
     yield b"".join(parts)
 
 
-async def summary_response(request: Request, parts: AsyncGenerator[bytes, None]) -> Response:
+async def summary_response(request: Request, parts: AsyncGenerator[Part, None]) -> Response:
     """A customer's summary: one response when it came whole, else streamed as it is read.
 
     The first parts are read before answering, so a missing customer is a 404 and an
@@ -99,11 +99,11 @@ async def summary_response(request: Request, parts: AsyncGenerator[bytes, None])
         await parts.aclose()
         raise
     if second is None:
-        return Response(first, media_type="application/json")
-    return _streamed(request, _parts(first + second, parts), parts)
+        return Response(bytes(first), media_type="application/json")
+    return _streamed(request, _parts(bytes(first) + second, parts), parts)
 
 
-async def _parts(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _parts(first: Part, rest: AsyncIterator[Part]) -> AsyncIterator[Part]:
     yield first
     async for part in rest:
         yield part

@@ -43,7 +43,7 @@ class StreamedResponse(StreamingResponse):
 
     def __init__(
         self,
-        content: AsyncIterator[bytes],
+        content: AsyncIterator[bytes | memoryview],
         *,
         send_timeout: float,
         owns: Sequence[AsyncGenerator[object, None]] = (),
@@ -71,7 +71,7 @@ class StreamedResponse(StreamingResponse):
             await bounded({**start, "headers": self.raw_headers})
             started = True
             async for chunk in self.body_iterator:
-                part = chunk.encode(self.charset) if isinstance(chunk, str) else bytes(chunk)
+                part = chunk.encode(self.charset) if isinstance(chunk, str) else chunk
                 slices = [part] if len(part) <= SLICE_BYTES else _slices(part)
                 for piece in slices:
                     await bounded({"type": "http.response.body", "body": piece, "more_body": True})
@@ -92,6 +92,6 @@ class StreamedResponse(StreamingResponse):
                     await generator.aclose()
 
 
-def _slices(part: bytes) -> list[memoryview]:
+def _slices(part: bytes | memoryview) -> list[memoryview]:
     view = memoryview(part)
     return [view[offset : offset + SLICE_BYTES] for offset in range(0, len(part), SLICE_BYTES)]
