@@ -68,8 +68,9 @@ EMPORIX_EXAMPLES = 25
 
 # Statuses that reject invalid input, each documented by the service: 400 for a bad parameter or
 # body, 401/403 for credentials, 404 for a path that names nothing, 409 for an id rule, 413 for
-# a body over the limit. A 5xx is never a rejection (not_a_server_error fails it).
-REJECTIONS = ["400", "401", "403", "404", "409", "413", "415"]
+# a body over the limit, 414 for a path and query over theirs (a customer id and a cursor both
+# past their maxLength can make one). A 5xx is never a rejection (not_a_server_error fails it).
+REJECTIONS = ["400", "401", "403", "404", "409", "413", "414", "415"]
 
 # The document the service serves, built as app.openapi() builds it. Building it opens no
 # database: the engine connects on first use, and this app is never used.

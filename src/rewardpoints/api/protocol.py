@@ -267,7 +267,7 @@ class _GracefulTransport(asyncio.Transport):
         super().__init__()
         self._transport = transport
         self._protocol = protocol
-        self._held: list[bytes | bytearray | memoryview[Any]] = []
+        self._held: list[bytes] = []
         self._held_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview[Any]) -> None:
@@ -278,7 +278,8 @@ class _GracefulTransport(asyncio.Transport):
             return
         if not self._held:
             self._protocol.loop.call_soon(self.flush)
-        self._held.append(data)
+        # A view or a bytearray may change before the end of the turn: what is held is a copy.
+        self._held.append(data if isinstance(data, bytes) else bytes(data))
         self._held_bytes += size
 
     def flush(self) -> None:
